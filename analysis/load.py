@@ -1,0 +1,96 @@
+"""Read a sweep's Parquet tables into pandas, skipping (and naming) damaged files.
+
+Each table is a folder of small Parquet files, one per trial (see `workers.records`).
+Metric rows (`measures`) are joined onto `trials`, so one DataFrame holds a model's
+config, outcome and landscape scalars. A file that cannot be read is reported and
+left out instead of failing the whole analysis.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workers.storage import Storage
+
+TABLES = ("trials", "history", "measures", "curves", "pairs")
+
+# Columns that identify a row or describe provenance rather than configuration.
+NOT_CONFIG = {
+    "sweep", "trial_key", "cell_key", "status", "error", "metric", "settings", "host", "device",
+    "python_version", "torch_version", "numpy_version", "pyarrow_version", "code_version",
+    "schema_version", "written_at",
+}
+
+
+@dataclass
+class Sweep:
+    """The tables of one sweep as DataFrames; `skipped` names files that could not be read."""
+
+    path: str
+    spec: dict[str, Any]
+    trials: pd.DataFrame
+    history: pd.DataFrame
+    curves: pd.DataFrame
+    pairs: pd.DataFrame
+    skipped: list[str] = field(default_factory=list)
+
+    def axes(self) -> list[str]:
+        """Grid axes other than seed: from spec.json, else the columns that vary."""
+        values = self.spec.get("values", {})
+        axes = [k.replace(".", "_") for k, v in values.items() if len(v) > 1 and k != "seed"]
+        if axes:
+            return [a for a in axes if a in self.trials.columns]
+        varying = [c for c in self.trials.columns
+                   if c not in NOT_CONFIG and c != "seed" and self.trials[c].map(repr).nunique() > 1]
+        return [c for c in varying if not pd.api.types.is_float_dtype(self.trials[c])
+                or c in ("lr", "weight_decay", "label_noise", "data_fraction")]
+
+
+def read_table(storage: Storage, table: str, skipped: list[str]) -> pd.DataFrame:
+    """All readable files of one table concatenated; unreadable ones go to `skipped`."""
+    names = storage.list_names(table, ".parquet")
+    parts = []
+    for name in names:
+        relpath = f"{table}/{name}.parquet"
+        try:
+            parts.append(pq.read_table(io.BytesIO(storage.read_bytes(relpath))))
+        except (pa.ArrowException, OSError) as exc:
+            skipped.append(relpath)
+            warnings.warn(f"skipping unreadable record {storage.path(relpath)}: {exc}", stacklevel=2)
+    if not parts:
+        return pd.DataFrame()
+    return pa.concat_tables(parts, promote_options="permissive").to_pandas()
+
+
+def _join_measures(trials: pd.DataFrame, measures: pd.DataFrame) -> pd.DataFrame:
+    """Put each model's metric scalars (`<metric>_<name>` columns) on its trials row."""
+    if trials.empty or measures.empty:
+        return trials
+    scalar_cols = [c for c in measures.columns
+                   if any(c.startswith(f"{m}_") for m in measures["metric"].unique())
+                   and c not in trials.columns]
+    per_trial = measures.groupby("trial_key")[scalar_cols].first().reset_index()
+    return trials.merge(per_trial, on="trial_key", how="left")
+
+
+def load_sweep(path: str) -> Sweep:
+    """Load a sweep folder (local path or URI) written by `sweeps/*.py` or an importer."""
+    storage = Storage.open(path)
+    spec: dict[str, Any] = {}
+    if storage.exists("spec.json"):
+        spec = json.loads(storage.read_bytes("spec.json"))
+    skipped: list[str] = []
+    frames = {t: read_table(storage, t, skipped) for t in TABLES}
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}", file=sys.stderr)
+    trials = _join_measures(frames["trials"], frames["measures"])
+    return Sweep(storage.uri, spec, trials, frames["history"], frames["curves"], frames["pairs"], skipped)

@@ -1,0 +1,1 @@
+"""What to run: sweep specs, presets, and the driver that fans trials out with Ray Tune."""

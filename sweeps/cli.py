@@ -1,0 +1,120 @@
+"""The command line shared by every study (`sweeps/taxonomy.py` and siblings).
+
+Everything is validated before Ray starts or a file is written: bad input exits with
+code 2 and one line naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from sweeps import driver
+from sweeps.presets import PRESETS, preset_values
+from sweeps.spec import SweepSpec, parse_assignment
+from workers.errors import ConfigError, StorageError
+from workers.storage import is_uri
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line and exit code 2 (its default code too)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"error: {message}\n")
+
+
+def _positive_number(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def build_parser(study: str, description: str) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=f"python sweeps/{study}.py",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Keys for --set: any trial config key, e.g. width, batch_size, lr, weight_decay,\n"
+        "label_noise, data_fraction, seed, dataset, model, epochs, optimizer, momentum,\n"
+        "schedule, milestones, metrics, and metric options such as hessian.n_samples.\n"
+        "A comma-separated value makes an axis of the grid: --set width=2,4,8.",
+    )
+    parser.add_argument("--preset", default="demo", help=f"starting values: {', '.join(PRESETS[study])} (default: demo)")
+    parser.add_argument("--storage", default="results", help="local folder or URI (s3://bucket/prefix) holding sweeps (default: ./results)")
+    parser.add_argument("--name", help=f"sweep folder name under --storage (default: {study}-<preset>)")
+    parser.add_argument("--address", help="Ray cluster to connect to (e.g. auto); default: start an embedded local Ray")
+    parser.add_argument("--max-concurrent", type=_positive_number(int), default=0, help="trials running at once (default: as resources allow)")
+    parser.add_argument("--cpus-per-trial", type=_positive_number(float), default=1.0, help="CPUs reserved per trial; also torch's thread count (default: 1)")
+    parser.add_argument("--gpus-per-trial", type=_positive_number(float), default=0.0, help="GPUs (fractions allowed) per trial (default: 0)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value; repeatable; a comma list makes an axis")
+    parser.add_argument("--dry-run", action="store_true", help="print the grid, trial count and resources; start nothing")
+    parser.add_argument("--in-process", action="store_true", help="run trials one by one in this process, without Ray (for debugging)")
+    return parser
+
+
+def spec_from_args(study: str, args: argparse.Namespace) -> SweepSpec:
+    values = preset_values(study, args.preset)
+    for text in args.overrides:
+        key, value = parse_assignment(text)
+        values[key] = value
+    spec = SweepSpec(study=study, preset=args.preset, name=args.name or f"{study}-{args.preset}",
+                     storage=args.storage, values=values)
+    if "/" in spec.name or spec.name.startswith((".", "_")) or not spec.name:
+        raise ConfigError("--name", f"must be a plain folder name (no '/', not starting with . or _), got {spec.name!r}")
+    return spec
+
+
+def check_storage_writable(location: str) -> None:
+    """Fail before any work if a local storage folder cannot be created or written."""
+    if is_uri(location):
+        return
+    path = os.path.abspath(os.path.expanduser(location))
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("--storage", f"{path} is not writable (checked {existing})")
+
+
+def print_dry_run(spec: SweepSpec, options: driver.RunOptions, n_trials: int) -> None:
+    print(f"sweep {spec.name} ({spec.study}, preset {spec.preset}) -> {spec.storage}")
+    print(f"trials: {n_trials}")
+    print("grid:")
+    for key, values in spec.axes().items():
+        print(f"  {key} ({len(values)}): {', '.join(map(str, values))}")
+    fixed = {k: v[0] for k, v in spec.grid().items() if len(v) == 1}
+    print("fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
+    print(f"resources per trial: {options.cpus_per_trial:g} CPU, {options.gpus_per_trial:g} GPU")
+
+
+def main(study: str, description: str, argv: list[str] | None = None) -> int:
+    args = build_parser(study, description).parse_args(argv)
+    options = driver.RunOptions(address=args.address, max_concurrent=args.max_concurrent,
+                                cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                                in_process=args.in_process)
+    try:
+        spec = spec_from_args(study, args)
+        trials = spec.trials()
+        if args.dry_run:
+            print_dry_run(spec, options, len(trials))
+            return 0
+        check_storage_writable(spec.storage)
+        summary = driver.run(spec, trials, options)
+    except (ConfigError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"done: {summary.ran} trained or measured, {summary.skipped} skipped, "
+          f"{summary.failed} failed, {summary.seconds:.1f}s")
+    return driver.exit_code(summary)

@@ -1,0 +1,105 @@
+"""A sweep spec: a preset's values plus the user's overrides, validated before Ray starts.
+
+Every key of a trial config can be set; a list of values for a scalar key makes it an
+axis of the grid (`width=[2, 4, 8]`), and the grid is the product of all axes. The spec
+expands to one `TrialConfig` per grid point and validates every one of them, so a typo
+or an impossible value fails in seconds with the key named, before anything is written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from workers.config import TrialConfig, check_key, coerce, key_type
+from workers.errors import ConfigError
+
+# Axes are shown and ordered like this; other keys that vary follow in spec order.
+AXIS_ORDER = ("width", "batch_size", "lr", "weight_decay", "label_noise", "data_fraction", "seed")
+
+
+def is_tuple_key(key: str) -> bool:
+    """Keys whose single value is itself a list (metrics, milestones): never axes."""
+    return typing.get_origin(key_type(key)) is tuple
+
+
+def describe(flat: dict[str, Any], axes: list[str]) -> str:
+    """`width=8 batch_size=32 seed=0`: a trial's position on the grid, for log lines."""
+    return " ".join(f"{k}={flat[k]}" for k in axes)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse one `--set key=value`; a comma in the value makes a list."""
+    key, sep, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key:
+        raise ConfigError("--set", f"expected key=value (e.g. width=2,4,8), got {text!r}")
+    check_key(key)
+    if not value:
+        raise ConfigError(key, "empty value; give a value or a comma-separated list")
+    if is_tuple_key(key):
+        return key, value.strip("[]")
+    parts = [p.strip() for p in value.strip("[]").split(",")]
+    if any(p == "" for p in parts):
+        raise ConfigError(key, f"empty item in list {value!r}")
+    return key, parts if len(parts) > 1 else parts[0]
+
+
+def resolve_axis(key: str, value: Any) -> tuple[Any, ...]:
+    """The values a key takes in the grid, coerced and checked (non-empty, distinct)."""
+    check_key(key)
+    annotation = key_type(key)
+    if is_tuple_key(key):
+        return (coerce(key, annotation, value),)
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ConfigError(key, "empty axis; give at least one value")
+    coerced = tuple(coerce(key, annotation, v) for v in values)
+    duplicates = sorted({v for v in coerced if coerced.count(v) > 1}, key=str)
+    if duplicates:
+        raise ConfigError(key, f"duplicate axis values {duplicates}")
+    return coerced
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A named grid of trials stored under `storage/name`."""
+
+    study: str
+    preset: str
+    name: str
+    storage: str
+    values: dict[str, Any]  # key -> value or list of values, preset merged with overrides
+
+    def grid(self) -> dict[str, tuple[Any, ...]]:
+        """Every key with its resolved values, axes (more than one value) first."""
+        resolved = {key: resolve_axis(key, value) for key, value in self.values.items()}
+        axes = [k for k in AXIS_ORDER if k in resolved and len(resolved[k]) > 1]
+        axes += [k for k in resolved if len(resolved[k]) > 1 and k not in axes]
+        return {**{k: resolved[k] for k in axes}, **{k: v for k, v in resolved.items() if k not in axes}}
+
+    def axes(self) -> dict[str, tuple[Any, ...]]:
+        return {k: v for k, v in self.grid().items() if len(v) > 1}
+
+    def trials(self) -> list[TrialConfig]:
+        """One validated config per grid point, in grid order (seed varies fastest)."""
+        grid = self.grid()
+        keys = list(grid)
+        seed_last = sorted(keys, key=lambda k: k == "seed")
+        configs = []
+        for combo in itertools.product(*(grid[k] for k in seed_last)):
+            configs.append(TrialConfig.from_flat(dict(zip(seed_last, combo))))
+        keys_seen = {c.trial_key for c in configs}
+        assert len(keys_seen) == len(configs), "two grid points hash to the same trial"
+        return configs
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "study": self.study,
+            "preset": self.preset,
+            "name": self.name,
+            "storage": self.storage,
+            "values": {k: list(v) for k, v in self.grid().items()},
+        }

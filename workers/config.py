@@ -1,0 +1,350 @@
+"""Typed, validated configuration of one trial: one frozen dataclass per part.
+
+A trial's configuration travels through Ray as a flat dict of plain values
+(`{"width": 8, "lr": 0.1, "hessian.n_samples": 1000, ...}`); `TrialConfig.from_flat`
+turns it back into dataclasses in the trial's first line. Keys of the core sections
+(data, model, optim, train, measure) are bare names; option sections (one per metric or
+training variant) are addressed as `section.field`.
+
+`trial_key` hashes only the sections that change the trained weights, so adding a
+metric to a finished sweep re-measures stored checkpoints instead of retraining.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from workers.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Section:
+    """Base of every config section; subclasses add fields and `validate`."""
+
+    # Fields that do not change results (e.g. where data lives) and stay out of keys.
+    unhashed: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self) -> None:
+        """Check values that a type alone cannot (ranges, names); raise ConfigError."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The values that define results: `to_dict` without `unhashed` fields."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.unhashed}
+
+
+@dataclass(frozen=True)
+class SectionInfo:
+    cls: type[Section]
+    prefix: str | None  # None: keys are bare field names
+    training: bool  # part of the trained model's identity (trial_key)
+
+
+SECTIONS: dict[str, SectionInfo] = {}
+
+
+def section(name: str, *, prefix: str | None = None, training: bool = True):
+    """Class decorator registering a config section under `name`."""
+
+    def add(cls: type[Section]) -> type[Section]:
+        assert name not in SECTIONS, f"section {name!r} registered twice"
+        SECTIONS[name] = SectionInfo(cls, prefix, training)
+        return cls
+
+    return add
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(key, f"must be > 0, got {value!r}")
+
+
+@section("data")
+@dataclass(frozen=True)
+class DataConfig(Section):
+    unhashed: ClassVar[tuple[str, ...]] = ("data_root",)
+
+    dataset: str = "digits"
+    data_root: str = "~/.cache/landscape-sweeps/data"
+    label_noise: float = 0.0  # fraction of training labels replaced by another class
+    data_fraction: float = 1.0  # fraction of the training set used
+    data_seed: int = 0  # fixes subset and noisy labels; the same for every model seed
+
+    def validate(self) -> None:
+        from workers.data import DATASETS
+
+        DATASETS.check(self.dataset, "dataset")
+        if not 0.0 <= self.label_noise < 1.0:
+            raise ConfigError("label_noise", f"must be in [0, 1), got {self.label_noise!r}")
+        if not 0.0 < self.data_fraction <= 1.0:
+            raise ConfigError("data_fraction", f"must be in (0, 1], got {self.data_fraction!r}")
+
+    def n_train(self) -> int:
+        """Training-set size after the data_fraction subset."""
+        from workers.data import DATASETS
+
+        return max(1, round(self.data_fraction * DATASETS.meta(self.dataset)["n_train"]))
+
+
+@section("model")
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    model: str = "resnet18k"
+    width: int = 64  # k: channel widths (k, 2k, 4k, 8k)
+
+    def validate(self) -> None:
+        from workers.models import MODELS
+
+        MODELS.check(self.model, "model")
+        if self.width < 1:
+            raise ConfigError("width", f"must be a positive integer, got {self.width!r}")
+
+
+@section("optim")
+@dataclass(frozen=True)
+class OptimConfig(Section):
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    milestones: tuple[int, ...] = (75,)  # epochs at which the step schedule decays
+    lr_factor: float = 0.1  # multiplier applied at each milestone
+
+    def validate(self) -> None:
+        from workers.optim import OPTIMIZERS, SCHEDULES
+
+        OPTIMIZERS.check(self.optimizer, "optimizer")
+        SCHEDULES.check(self.schedule, "schedule")
+        _positive("lr", self.lr)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError("momentum", f"must be in [0, 1), got {self.momentum!r}")
+        if self.weight_decay < 0:
+            raise ConfigError("weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        _positive("lr_factor", self.lr_factor)
+
+
+@section("train")
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    unhashed: ClassVar[tuple[str, ...]] = ("checkpoint_every",)
+
+    epochs: int = 100
+    batch_size: int = 128
+    seed: int = 0
+    checkpoint_every: int = 1  # epochs between resume checkpoints
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError("epochs", f"must be a positive integer, got {self.epochs!r}")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size", f"must be a positive integer, got {self.batch_size!r}")
+        if self.seed < 0:
+            raise ConfigError("seed", f"must be >= 0, got {self.seed!r}")
+        if self.checkpoint_every < 1:
+            raise ConfigError("checkpoint_every", f"must be >= 1, got {self.checkpoint_every!r}")
+
+
+@section("measure", training=False)
+@dataclass(frozen=True)
+class MeasureConfig(Section):
+    metrics: tuple[str, ...] = ()  # per-model metrics computed after training
+    eval_batch_size: int = 1024  # chunk size for evaluation passes (memory bound)
+
+    def validate(self) -> None:
+        from workers.metrics import METRICS
+
+        for name in self.metrics:
+            METRICS.check(name, "metrics")
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ConfigError("metrics", f"duplicate names in {list(self.metrics)}")
+        _positive("eval_batch_size", self.eval_batch_size)
+
+
+def _load_sections() -> None:
+    """Import the modules that register option sections (metrics, variants)."""
+    import workers.metrics  # noqa: F401  (registers metric option sections)
+
+
+def all_keys() -> dict[str, tuple[str, str]]:
+    """Every valid flat key -> (section name, field name)."""
+    _load_sections()
+    keys: dict[str, tuple[str, str]] = {}
+    for name, info in SECTIONS.items():
+        for f in fields(info.cls):
+            key = f"{info.prefix}.{f.name}" if info.prefix else f.name
+            assert key not in keys, f"config key {key!r} defined twice"
+            keys[key] = (name, f.name)
+    return keys
+
+
+def coerce(key: str, annotation: Any, value: Any) -> Any:
+    """Convert `value` (Python or CLI string) to the annotated type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in options:
+                return None
+        inner = [a for a in options if a is not type(None)]
+        return coerce(key, inner[0], value)
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip() != ""]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(coerce(key, item, v) for v in value)
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+                return value.lower() in ("true", "yes", "1", "on")
+            raise ValueError
+        if annotation is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if annotation is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise AssertionError(f"unsupported config type {annotation!r} for {key}")
+    tname = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(key, f"expected {tname}, got {value!r}")
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_key(key: str) -> tuple[str, str]:
+    """Resolve a flat key to (section, field) or raise ConfigError listing valid keys."""
+    keys = all_keys()
+    if key not in keys:
+        raise ConfigError(
+            key, f"unknown key{_suggest(key, sorted(keys))} valid keys: {', '.join(sorted(keys))}"
+        )
+    return keys[key]
+
+
+def key_type(key: str) -> Any:
+    section_name, field_name = check_key(key)
+    return typing.get_type_hints(SECTIONS[section_name].cls)[field_name]
+
+
+def _digest(payload: Any, length: int) -> str:
+    blob = json.dumps(payload, sort_keys=True, default=list).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def settings_hash(sec: Section) -> str:
+    """Short id of one section's identity (e.g. a metric's options) for record names."""
+    return _digest(sec.identity(), 8)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """The fully resolved configuration of one trained model and its measurements."""
+
+    sections: dict[str, Section] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Section:
+        try:
+            return self.__dict__["sections"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> TrialConfig:
+        """Build and validate from flat keys; unset keys take their defaults."""
+        _load_sections()
+        grouped: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for key, value in values.items():
+            section_name, field_name = check_key(key)
+            hints = typing.get_type_hints(SECTIONS[section_name].cls)
+            grouped[section_name][field_name] = coerce(key, hints[field_name], value)
+        built = {name: SECTIONS[name].cls(**kw) for name, kw in grouped.items()}
+        config = cls(built)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for sec in self.sections.values():
+            sec.validate()
+        n_train = self.data.n_train()
+        if self.train.batch_size > n_train:
+            raise ConfigError(
+                "batch_size",
+                f"{self.train.batch_size} is larger than the training set ({n_train} samples "
+                f"of {self.data.dataset} at data_fraction={self.data.data_fraction})",
+            )
+        if self.optim.schedule == "step":
+            for m in self.optim.milestones:
+                if not 1 <= m <= self.train.epochs:
+                    raise ConfigError(
+                        "milestones", f"{m} is outside 1..epochs ({self.train.epochs})"
+                    )
+
+    def to_flat(self) -> dict[str, Any]:
+        """Flat plain-value dict (tuples as lists) that `from_flat` reads back."""
+        flat: dict[str, Any] = {}
+        for name, sec in self.sections.items():
+            prefix = SECTIONS[name].prefix
+            for k, v in sec.to_dict().items():
+                flat[f"{prefix}.{k}" if prefix else k] = list(v) if isinstance(v, tuple) else v
+        return flat
+
+    def record_columns(self) -> dict[str, Any]:
+        """Config columns for Parquet rows: training sections and the selected metrics'
+        options, with `section.field` spelled `section_field` (plain SQL identifiers)."""
+        selected = set(self.measure.metrics)
+        columns: dict[str, Any] = {}
+        for name, sec in self.sections.items():
+            prefix = SECTIONS[name].prefix
+            if prefix and not SECTIONS[name].training and name not in selected:
+                continue
+            for k, v in sec.to_dict().items():
+                columns[f"{prefix}_{k}" if prefix else k] = list(v) if isinstance(v, tuple) else v
+        return columns
+
+    def _hash(self, include: Any) -> str:
+        payload = {
+            name: sec.identity() for name, sec in sorted(self.sections.items()) if include(name)
+        }
+        return _digest(payload, 16)
+
+    @property
+    def trial_key(self) -> str:
+        """Stable id of the trained model: every training section, seed included."""
+        return self._hash(lambda name: SECTIONS[name].training)
+
+    @property
+    def cell_key(self) -> str:
+        """Id of the grid cell: like trial_key but without the seed."""
+        sections = dict(self.sections)
+        sections["train"] = dataclasses.replace(self.train, seed=0)
+        return TrialConfig(sections)._hash(lambda name: SECTIONS[name].training)

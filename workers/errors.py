@@ -1,0 +1,18 @@
+"""The few kinds of failure a trial or a spec can have.
+
+Bad user input is a `ConfigError` (a ValueError naming the field and what is allowed);
+the CLI turns it into exit code 2. A trial that diverges is not an exception but a
+status in its record (see `workers.train`).
+"""
+
+
+class ConfigError(ValueError):
+    """A spec or trial config value that is not allowed; `field` names the key."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class StorageError(OSError):
+    """The sweep storage cannot be written or read (permissions, full disk, bad URI)."""

@@ -1,0 +1,53 @@
+"""Rows of the Parquet tables and the provenance every row carries.
+
+Tables (one file per trial and table, see `workers.storage`):
+    trials/<trial_key>.parquet    one row per trained model
+    history/<trial_key>.parquet   one row per epoch
+    curves/<trial_key>.<metric>-<settings>.parquet, measures/... (per-model metrics)
+Every row holds the flat trial config, so a query needs no join to see the axes.
+Rows never hold None: a missing number is NaN and a missing text is "", so every file
+of a table has the same column types and pyarrow/DuckDB can read them as one dataset.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import socket
+from typing import Any
+
+import pyarrow as pa
+
+from workers.config import SCHEMA_VERSION, TrialConfig
+
+
+def provenance(device: str, code_version: str) -> dict[str, Any]:
+    """Where and with what a row was produced."""
+    import numpy
+    import torch
+
+    return {
+        "host": socket.gethostname(),
+        "device": device,
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "numpy_version": numpy.__version__,
+        "pyarrow_version": pa.__version__,
+        "code_version": code_version,
+        "schema_version": SCHEMA_VERSION,
+        "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def config_columns(cfg: TrialConfig, sweep: str) -> dict[str, Any]:
+    """The identity and config columns that lead every row."""
+    return {"sweep": sweep, "trial_key": cfg.trial_key, "cell_key": cfg.cell_key, **cfg.record_columns()}
+
+
+def to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """A table from rows with stable column types (see module docstring)."""
+    assert rows, "a record file holds at least one row"
+    for row in rows:
+        nulls = [k for k, v in row.items() if v is None]
+        assert not nulls, f"record columns must not be None (use NaN or ''): {nulls}"
+    return pa.Table.from_pylist(rows)

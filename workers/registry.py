@@ -1,0 +1,53 @@
+"""Name -> builder registries, so a sweep spec holds names and every entry can be tested.
+
+A registry is the single place that knows which datasets, models, optimizers, schedules
+and metrics exist; a typo in a spec fails with the list of valid names and a suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable
+
+from workers.errors import ConfigError
+
+
+class Registry:
+    """Maps names to builders, with optional metadata per entry."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._builders: dict[str, Callable[..., Any]] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+
+    def register(self, name: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register `fn` under `name` with metadata (e.g. dataset sizes)."""
+
+        def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+            assert name not in self._builders, f"{self.kind} {name!r} registered twice"
+            self._builders[name] = fn
+            self._meta[name] = meta
+            return fn
+
+        return add
+
+    def names(self) -> list[str]:
+        return sorted(self._builders)
+
+    def check(self, name: str, field: str | None = None) -> None:
+        """Raise a ConfigError naming the field, the valid names and the closest match."""
+        if name in self._builders:
+            return
+        close = difflib.get_close_matches(str(name), self.names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            field or self.kind, f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}{hint}"
+        )
+
+    def get(self, name: str) -> Callable[..., Any]:
+        self.check(name)
+        return self._builders[name]
+
+    def meta(self, name: str) -> dict[str, Any]:
+        self.check(name)
+        return self._meta[name]

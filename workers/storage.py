@@ -1,0 +1,106 @@
+"""Sweep storage on a local path or an object store, with atomic whole-file writes.
+
+Every record is a small file written once: on a local or network file system it is
+written under a temporary name starting with `.` (which pyarrow dataset discovery and
+our listings skip) and renamed into place, so a reader sees either nothing or the whole
+file. On an object store a single PUT of the whole object gives the same guarantee.
+Nothing is ever appended. Imports only pyarrow, so `analysis` can use it without torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from workers.errors import StorageError
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A folder of a sweep: `fs` plus a root path inside it."""
+
+    fs: pafs.FileSystem
+    root: str
+    uri: str  # how the user named it; Ray ships this string to workers
+
+    @classmethod
+    def open(cls, location: str) -> Storage:
+        """Resolve a local path or a URI (`s3://bucket/prefix`, `gs://...`, `file://...`)."""
+        if is_uri(location):
+            try:
+                fs, root = pafs.FileSystem.from_uri(location)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise StorageError(f"storage: cannot open {location!r}: {exc}") from exc
+            return cls(fs, root.rstrip("/"), location)
+        path = os.path.abspath(os.path.expanduser(location))
+        return cls(pafs.LocalFileSystem(), path, path)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def child(self, *parts: str) -> Storage:
+        sub = "/".join(parts)
+        return Storage(self.fs, f"{self.root}/{sub}", f"{self.uri.rstrip('/')}/{sub}")
+
+    def path(self, relpath: str) -> str:
+        return f"{self.root}/{relpath}"
+
+    def exists(self, relpath: str) -> bool:
+        return self.fs.get_file_info(self.path(relpath)).type != pafs.FileType.NotFound
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        """Write a whole file atomically (see module docstring)."""
+        target = self.path(relpath)
+        folder, name = target.rsplit("/", 1)
+        try:
+            if not self.is_local:
+                with self.fs.open_output_stream(target) as out:
+                    out.write(data)
+                return
+            self.fs.create_dir(folder, recursive=True)
+            tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+            try:
+                with self.fs.open_output_stream(tmp) as out:
+                    out.write(data)
+                self.fs.move(tmp, target)
+            except BaseException:
+                if self.fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+                    self.fs.delete_file(tmp)
+                raise
+        except OSError as exc:
+            raise StorageError(f"storage: cannot write {target}: {exc}") from exc
+
+    def read_bytes(self, relpath: str) -> bytes:
+        with self.fs.open_input_stream(self.path(relpath)) as f:
+            return f.read()
+
+    def list_names(self, folder: str, suffix: str = "") -> list[str]:
+        """Names of finished files in `folder` (temp files skipped), without `suffix`."""
+        selector = pafs.FileSelector(self.path(folder), allow_not_found=True)
+        names = []
+        for info in self.fs.get_file_info(selector):
+            if info.type != pafs.FileType.File or info.base_name.startswith((".", "_")):
+                continue
+            if info.base_name.endswith(suffix):
+                names.append(info.base_name[: len(info.base_name) - len(suffix)])
+        return sorted(names)
+
+    def write_table(self, table: str, key: str, data: pa.Table) -> None:
+        """Write one record file `<table>/<key>.parquet`."""
+        buffer = io.BytesIO()
+        pq.write_table(data, buffer)
+        self.write_bytes(f"{table}/{key}.parquet", buffer.getvalue())
+
+    def read_table(self, table: str, key: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(f"{table}/{key}.parquet")))
