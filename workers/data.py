@@ -161,8 +161,8 @@ def ensure_downloaded(name: str, root: Path) -> None:
     tv_class, marker = spec
     if (root / marker).exists():
         return
-    from filelock import FileLock
     import torchvision
+    from filelock import FileLock
 
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{name}.download.lock")):

@@ -8,7 +8,7 @@ once per epoch, so a resumed trial recomputes its lr from the epoch number alone
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 

@@ -7,7 +7,8 @@ and metrics exist; a typo in a spec fails with the list of valid names and a sug
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from workers.errors import ConfigError
 

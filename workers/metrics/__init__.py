@@ -8,8 +8,9 @@ model after training, or later on stored checkpoints (see `workers.trial`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from workers.registry import Registry
 
