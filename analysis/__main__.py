@@ -7,6 +7,9 @@ import sys
 
 from analysis.load import load_sweep
 from analysis.summary import cell_table, format_cells
+from analysis.yang2021 import ArchiveError, import_archive
+from workers.errors import ConfigError
+from workers.safe_pickle import UnsafePickleError
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -16,14 +19,88 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from analysis.status import format_status
+
+    print(format_status(load_sweep(args.path)))
+    return 0
+
+
+def _pairs_of(items: list[str], flag: str) -> dict[str, str]:
+    """`["a=1", "b=x"]` -> {"a": "1", "b": "x"} (repeatable `--flag key=value`)."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(flag, f"expected key=value, got {item!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import ReportOptions, phase_grid, write_report  # matplotlib: only when needed
+
+    options = ReportOptions(x=args.x, y=args.y, fixed=_pairs_of(args.fix, "--fix"), thresholds=args.thresholds,
+                            overrides=_pairs_of(args.threshold, "--threshold"))
+    report = write_report(args.path, args.out, options)
+    print(phase_grid(report.cells, report.x, report.y).to_string())
+    print(f"wrote {len(report.files)} files to {args.out} (summary: {report.files['summary']})")
+    return 0
+
+
+def cmd_study_report(args: argparse.Namespace) -> int:
+    from analysis.studies import write_study_report  # matplotlib: only when needed
+
+    written = write_study_report(args.path, args.out, args.study)
+    print(open(written["summary"]).read())
+    print(f"wrote {len(written)} files next to {written['summary']}")
+    return 0
+
+
+def cmd_import_yang2021(args: argparse.Namespace) -> int:
+    counts = import_archive(args.archive, args.out)
+    print(f"imported {counts['cells']} cells, {counts['models']} models, {counts['pairs']} seed pairs, "
+          f"{counts['curve_points']} curve points -> {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser("summary", help="one row per grid cell: seeds, mean ± std of losses/accuracies")
     summary.add_argument("path", help="sweep folder (e.g. results/taxonomy-demo) or URI")
     summary.set_defaults(run=cmd_summary)
+    status = commands.add_parser("status", help="done / diverged / failed / missing per table; failed jobs with errors")
+    status.add_argument("path", help="sweep folder or URI")
+    status.set_defaults(run=cmd_status)
+    report = commands.add_parser("report", help="phase diagram, metric heatmaps and a Markdown summary")
+    report.add_argument("path", help="sweep folder or URI (or an imported reference, see import-yang2021)")
+    report.add_argument("--out", required=True, help="folder for the PNGs, cells.csv and summary.md")
+    report.add_argument("--x", help="horizontal axis (default: width)")
+    report.add_argument("--y", help="vertical axis, small values at the top (default: batch_size)")
+    report.add_argument("--fix", action="append", default=[], metavar="KEY=VALUE",
+                        help="keep only models with this value; axes neither drawn nor fixed are pooled")
+    report.add_argument("--thresholds", choices=("paper", "auto"), default="paper",
+                        help="paper: calibrated on Yang et al. 2021; auto: derived from this sweep")
+    report.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
+                        help="set one threshold: log_top_eigenvalue, mc, cka, train_loss")
+    report.set_defaults(run=cmd_report)
+    yang = commands.add_parser("import-yang2021", help="the published metrics of Yang et al. 2021 as a sweep folder")
+    yang.add_argument("archive", help="their results.tar.gz")
+    yang.add_argument("--out", required=True, help="folder (or URI) to write the records to")
+    yang.set_defaults(run=cmd_import_yang2021)
+    study = commands.add_parser("study-report", help="report of the interpolation or optimizers study")
+    study.add_argument("path", help="sweep folder or URI written by sweeps/interpolation.py or sweeps/optimizers.py")
+    study.add_argument("--out", help="folder for the report (default: PATH/report; ./report-NAME for a URI)")
+    study.add_argument("--study", choices=("interpolation", "optimizers"),
+                       help="which report (default: the study named in the sweep's spec.json)")
+    study.set_defaults(run=cmd_study_report)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ConfigError, ArchiveError, UnsafePickleError) as exc:  # bad input: say what, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from workers.storage import Storage
 
-TABLES = ("trials", "history", "measures", "curves", "pairs")
+TABLES = ("trials", "history", "measures", "curves", "pairs", "failures")
 
 # Columns that identify a row or describe provenance rather than configuration.
 NOT_CONFIG = {
@@ -41,6 +41,8 @@ class Sweep:
     history: pd.DataFrame
     curves: pd.DataFrame
     pairs: pd.DataFrame
+    measures: pd.DataFrame  # one row per model and metric (also joined onto `trials`)
+    failures: pd.DataFrame  # one row per failed attempt of a job (see `analysis.status`)
     skipped: list[str] = field(default_factory=list)
 
     def axes(self) -> list[str]:
@@ -93,4 +95,5 @@ def load_sweep(path: str) -> Sweep:
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}", file=sys.stderr)
     trials = _join_measures(frames["trials"], frames["measures"])
-    return Sweep(storage.uri, spec, trials, frames["history"], frames["curves"], frames["pairs"], skipped)
+    return Sweep(storage.uri, spec, trials, frames["history"], frames["curves"], frames["pairs"],
+                 frames["measures"], frames["failures"], skipped)

@@ -13,6 +13,7 @@ from typing import Any
 
 from sweeps import driver
 from sweeps.presets import PRESETS, preset_values
+from sweeps.resources import AUTO
 from sweeps.spec import SweepSpec, parse_assignment
 from workers.errors import ConfigError, StorageError
 from workers.storage import is_uri
@@ -40,6 +41,16 @@ def _positive_number(kind: type) -> Any:
     return parse
 
 
+def _gpus_setting(text: str) -> float | str:
+    """`auto` (each trial's share derived from its width, `sweeps.resources`) or a number >= 0."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return _positive_number(float)(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; or 'auto'") from None
+
+
 def build_parser(study: str, description: str) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=f"python sweeps/{study}.py",
@@ -56,7 +67,11 @@ def build_parser(study: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--address", help="Ray cluster to connect to (e.g. auto); default: start an embedded local Ray")
     parser.add_argument("--max-concurrent", type=_positive_number(int), default=0, help="trials running at once (default: as resources allow)")
     parser.add_argument("--cpus-per-trial", type=_positive_number(float), default=1.0, help="CPUs reserved per trial; also torch's thread count (default: 1)")
-    parser.add_argument("--gpus-per-trial", type=_positive_number(float), default=0.0, help="GPUs (fractions allowed) per trial (default: 0)")
+    parser.add_argument("--gpus-per-trial", type=_gpus_setting, default=0.0,
+                        help="GPUs per trial: a number (fractions share a GPU) or 'auto' to derive it "
+                        "from each model's width, see sweeps/resources.py (default: 0)")
+    parser.add_argument("--max-retries", type=_positive_number(int), default=2,
+                        help="retries of a failing trial (a killed worker resumes from its last epoch; default: 2)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value; repeatable; a comma list makes an axis")
     parser.add_argument("--dry-run", action="store_true", help="print the grid, trial count and resources; start nothing")
@@ -96,14 +111,16 @@ def print_dry_run(spec: SweepSpec, options: driver.RunOptions, n_trials: int) ->
         print(f"  {key} ({len(values)}): {', '.join(map(str, values))}")
     fixed = {k: v[0] for k, v in spec.grid().items() if len(v) == 1}
     print("fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
-    print(f"resources per trial: {options.cpus_per_trial:g} CPU, {options.gpus_per_trial:g} GPU")
+    gpus = options.gpus_per_trial
+    gpus_text = f"{gpus:g} GPU" if gpus != AUTO else "GPU by model width (auto)"
+    print(f"resources per trial: {options.cpus_per_trial:g} CPU, {gpus_text}")
 
 
 def main(study: str, description: str, argv: list[str] | None = None) -> int:
     args = build_parser(study, description).parse_args(argv)
     options = driver.RunOptions(address=args.address, max_concurrent=args.max_concurrent,
                                 cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                                in_process=args.in_process)
+                                in_process=args.in_process, max_retries=args.max_retries)
     try:
         spec = spec_from_args(study, args)
         trials = spec.trials()

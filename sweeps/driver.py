@@ -8,17 +8,24 @@ grid adds only its new points. Tune's own experiment folder is bookkeeping, kept
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sweeps.pairs import PairPlan, plan_pairs
+from sweeps.searcher import Job, SweepSearcher
 from sweeps.spec import SweepSpec, describe
 from workers.config import TrialConfig
+from workers.errors import ConfigError
 from workers.storage import Storage
 from workers.trial import RunContext, missing_metrics, run_trial
+
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -28,8 +35,9 @@ class RunOptions:
     address: str | None = None  # existing Ray cluster; None starts an embedded local Ray
     max_concurrent: int = 0  # 0: as many as resources allow
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | str = 0.0  # or "auto": each trial's share from its width (sweeps.resources)
     in_process: bool = False  # run trials one by one in this process (debugging)
+    max_retries: int = 2  # attempts after the first for a failing job (e.g. a lost node)
 
 
 def code_version() -> str:
@@ -52,6 +60,14 @@ def pending_trials(configs: list[TrialConfig], storage: Storage) -> list[TrialCo
     return [c for c in configs if c.trial_key not in trained or missing_metrics(c, measured)]
 
 
+RECORD_TABLES = ("trials", "measures", "pairs")
+
+
+def pending_pairs(configs: list[TrialConfig], storage: Storage) -> list[PairPlan]:
+    done = set(storage.list_names("pairs", ".parquet"))
+    return [p for p in plan_pairs(configs) if p.key not in done]
+
+
 def write_spec(storage: Storage, spec: SweepSpec, version: str) -> None:
     body = {**spec.to_json(), "code_version": version}
     storage.write_bytes("spec.json", json.dumps(body, indent=2).encode())
@@ -59,77 +75,210 @@ def write_spec(storage: Storage, spec: SweepSpec, version: str) -> None:
 
 @dataclass
 class RunSummary:
-    total: int
-    skipped: int
-    ran: int
+    total: int  # models in the grid
+    skipped: int  # models (with all their metrics) already recorded
+    ran: int  # trials and pairs run now
     failed: int
     seconds: float
 
 
-def run(spec: SweepSpec, configs: list[TrialConfig], options: RunOptions, log=print) -> RunSummary:
-    """Run every missing trial of `configs` (the expanded `spec`); returns counts."""
+def run(
+    spec: SweepSpec, configs: list[TrialConfig], options: RunOptions, log: Log | None = None
+) -> RunSummary:
+    """Train and measure every missing model and pair of `configs` (the expanded `spec`).
+
+    `log` receives one line per event; None prints. (Tune pickles the progress callback,
+    so it holds None rather than the builtin `print`, which pickles badly under capture.)
+    """
     start = time.perf_counter()
+    say = log or print
     storage = Storage.open(spec.storage).child(spec.name)
-    todo = pending_trials(configs, storage)
-    version = code_version()
-    write_spec(storage, spec, version)
-    log(f"sweep {spec.name}: {len(configs)} trials, {len(configs) - len(todo)} already done, "
-        f"{len(todo)} to run -> {storage.uri}")
-    if not todo:
-        return RunSummary(len(configs), len(configs), 0, 0, time.perf_counter() - start)
-    context = RunContext(storage=storage.uri, sweep=spec.name, code_version=version,
-                         threads=max(1, int(options.cpus_per_trial)))
-    axes = list(spec.axes())
-    if options.in_process:
-        failed = 0
-        for i, cfg in enumerate(todo, 1):
-            row = run_trial(cfg, context)
-            log(f"[{i}/{len(todo)}] {describe(cfg.to_flat(), axes)}  {row['status']}")
-        return RunSummary(len(configs), len(configs) - len(todo), len(todo), failed,
-                          time.perf_counter() - start)
-    failed = _run_with_tune(todo, context, options, storage, axes, log)
-    return RunSummary(len(configs), len(configs) - len(todo), len(todo) - failed, failed,
+    with sweep_lock(storage):
+        for table in RECORD_TABLES:
+            for relpath in storage.quarantine_unreadable(table):
+                say(f"warning: {relpath} was unreadable; moved to _quarantine/, will be recomputed")
+        todo = pending_trials(configs, storage)
+        pairs = pending_pairs(configs, storage)
+        version = code_version()
+        write_spec(storage, spec, version)
+        say(f"sweep {spec.name}: {len(configs)} models, {len(configs) - len(todo)} already done, "
+            f"{len(todo)} to run, {len(pairs)} seed pairs to measure -> {storage.uri}")
+        context = RunContext(storage=storage.uri, sweep=spec.name, code_version=version,
+                             threads=max(1, int(options.cpus_per_trial)))
+        axes = list(spec.axes())
+        if not todo and not pairs:
+            failed = 0
+        elif options.in_process:
+            failed = _run_in_process(todo, pairs, context, axes, log)
+        else:
+            failed = _run_with_tune(_jobs(todo, pairs, context), configs, todo, context, options,
+                                    storage, axes, log)
+    ran = len(todo) + len(pairs)
+    return RunSummary(len(configs), len(configs) - len(todo), ran - failed, failed,
                       time.perf_counter() - start)
 
 
-def _run_with_tune(
-    todo: list[TrialConfig], context: RunContext, options: RunOptions, storage: Storage,
-    axes: list[str], log,
+@contextlib.contextmanager
+def sweep_lock(storage: Storage) -> Iterator[None]:
+    """One driver per sweep folder: a second one refuses at once with a clear message.
+
+    Only local (and network-mounted) folders are locked; on an object store two drivers
+    would both run, and the keyed whole-file records still keep one row per trial.
+    """
+    if not storage.is_local:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    storage.fs.create_dir(storage.root, recursive=True)
+    lock = FileLock(storage.path(".driver.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError("--name", f"sweep {storage.root} is being run by another driver "
+                          f"(lock {storage.path('.driver.lock')}); wait for it or pick another --name") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _jobs(todo: list[TrialConfig], pairs: list[PairPlan], context: RunContext) -> list[Job]:
+    ctx = asdict(context)
+    jobs = [Job(c.trial_key, {"kind": "train", "trial": c.to_flat(), "context": ctx}) for c in todo]
+    jobs += [Job(p.key, {"kind": "pair", "a": p.a.to_flat(), "b": p.b.to_flat(), "with_mc": p.with_mc,
+                         "context": ctx}, needs=(p.a.trial_key, p.b.trial_key)) for p in pairs]
+    return jobs
+
+
+def _run_in_process(
+    todo: list[TrialConfig], pairs: list[PairPlan], context: RunContext, axes: list[str], log: Log | None,
 ) -> int:
-    """Fan the pending trials out as one Tune grid; returns the number that failed."""
+    """The debug executor: the same work, one item after another, no Ray."""
+    from workers.pair_trial import run_pair
+
+    log = log or print
+    total = len(todo) + len(pairs)
+    for i, cfg in enumerate(todo, 1):
+        row = run_trial(cfg, context)
+        log(f"[{i}/{total}] {describe(cfg.to_flat(), axes)}  {row['status']}")
+    for i, plan in enumerate(pairs, len(todo) + 1):
+        row = run_pair(plan.a, plan.b, plan.with_mc, context)
+        log(f"[{i}/{total}] pair {describe(plan.a.to_flat(), axes)} seeds "
+            f"{plan.a.train.seed},{plan.b.train.seed}  {row.get('status', 'ok')}")
+    return 0
+
+
+def _run_with_tune(
+    jobs: list[Job], configs: list[TrialConfig], todo: list[TrialConfig], context: RunContext,
+    options: RunOptions, storage: Storage, axes: list[str], log: Log | None,
+) -> int:
+    """Fan the sweep's jobs out through Tune; returns the number that failed after retries."""
+    from sweeps.progress import OneLinePerTrial
+
+    pending = {c.trial_key for c in todo}
+    tune_dir = storage.path("_tune") if storage.is_local else os.path.expanduser("~/ray_results")
+    return run_jobs(jobs, finished={c.trial_key for c in configs if c.trial_key not in pending},
+                    options=options, tune_dir=tune_dir, name=context.sweep,
+                    callbacks=[OneLinePerTrial(len(jobs), axes, log)])
+
+
+# Jobs per Tune experiment. Tune's controller keeps every trial of an experiment in
+# memory and rewrites the whole experiment state as it goes, so its cost per trial grows
+# with the experiment's size; experiments of this many jobs keep it flat (bench/scale.py).
+SHARD_SIZE = 2500
+# Trials Tune may hold pending (resources requested ahead of a free slot). With a custom
+# searcher Tune's default is 1: trials start one at a time and the autoscaler sees a
+# demand of one trial at a time. `--max-concurrent`, when given, is used instead.
+MAX_PENDING_TRIALS = 16
+PENDING_ENV = "TUNE_MAX_PENDING_TRIALS_PG"  # Tune reads these two when an experiment starts
+# Tune's per-trial JSON/CSV/TensorBoard result files: the Parquet records already hold
+# every result, and at thousands of trials these files cost time and driver memory.
+NO_TRIAL_LOGS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+def shard_jobs(jobs: list[Job], size: int = SHARD_SIZE) -> list[list[Job]]:
+    """Consecutive groups of about `size` training jobs, each with the pair jobs whose
+    models it trains. A cut never falls between two members of one pair, so every pair
+    runs in the shard that trains its models (pairs whose models were trained before this
+    run go to the first shard), and each shard's searcher works on its own."""
+    train = [j for j in jobs if not j.needs]
+    position = {j.key: i for i, j in enumerate(train)}
+    spans = [[position[k] for k in j.needs if k in position] for j in jobs if j.needs]
+    open_pairs = [0] * (len(train) + 1)  # pairs spanning the boundary after each index
+    for span in filter(None, spans):
+        open_pairs[min(span)] += 1
+        open_pairs[max(span)] -= 1
+    shards: list[list[Job]] = [[]]
+    shard_of: dict[str, int] = {}
+    spanning = 0
+    for i, job in enumerate(train):
+        shards[-1].append(job)
+        shard_of[job.key] = len(shards) - 1
+        spanning += open_pairs[i]
+        if len(shards[-1]) >= size and spanning == 0 and i + 1 < len(train):
+            shards.append([])
+    for job, span in zip([j for j in jobs if j.needs], spans):
+        shards[shard_of[train[max(span)].key] if span else 0].append(job)
+    return [shard for shard in shards if shard]
+
+
+@contextlib.contextmanager
+def _env_default(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the block unless the user set it already."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        del os.environ[name]
+
+
+def run_jobs(
+    jobs: list[Job], *, finished: set[str], options: RunOptions, tune_dir: str, name: str,
+    callbacks: list | None = None, trainable=None, shard_size: int = SHARD_SIZE,
+) -> int:
+    """Run jobs through Tune with the project's settings (actor reuse, retries, pair-aware
+    searcher, per-job GPU share, experiments of at most about `shard_size` jobs); returns
+    the number that failed. `trainable` defaults to the real trial function."""
     import ray
     from ray import tune
 
-    from sweeps.progress import OneLinePerTrial
-    from workers.tune_entry import tune_trial
+    from sweeps.resources import job_gpus
+    from workers.tune_entry import tune_job
 
     if not ray.is_initialized():
-        ray.init(address=options.address, include_dashboard=False, logging_level="WARNING",
-                 configure_logging=True, log_to_driver=True)
-    resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
-    trainable = tune.with_resources(tune_trial, resources)
-    tune_dir = storage.path("_tune") if storage.is_local else os.path.expanduser("~/ray_results")
-    tuner = tune.Tuner(
-        trainable,
-        param_space={
-            "trial": tune.grid_search([c.to_flat() for c in todo]),
-            "context": asdict(context),
-        },
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=options.max_concurrent or None,
-            reuse_actors=True,
-            trial_dirname_creator=lambda trial: TrialConfig.from_flat(trial.config["trial"]).trial_key,
-        ),
-        run_config=tune.RunConfig(
-            name=f"{context.sweep}-{int(time.time())}",
-            storage_path=tune_dir,
-            failure_config=tune.FailureConfig(max_failures=2),
-            verbose=0,
-            callbacks=[OneLinePerTrial(len(todo), axes, log)],
-        ),
-    )
-    results = tuner.fit()
-    return sum(1 for r in results if r.error is not None)
+        ray.init(address=options.address, include_dashboard=False, logging_level="WARNING")
+    cpus, gpus = options.cpus_per_trial, options.gpus_per_trial
+    function = tune.with_resources(trainable or tune_job,
+                                   lambda config: {"cpu": cpus, "gpu": job_gpus(config, gpus)})
+    shards = shard_jobs(jobs, shard_size)
+    stamp = int(time.time())
+    failed = 0
+    with (_env_default(PENDING_ENV, str(options.max_concurrent or MAX_PENDING_TRIALS)),
+          _env_default(NO_TRIAL_LOGS_ENV, "1")):
+        for i, shard in enumerate(shards):
+            tuner = tune.Tuner(
+                function,
+                tune_config=tune.TuneConfig(
+                    search_alg=SweepSearcher(shard, finished),
+                    num_samples=len(shard),
+                    max_concurrent_trials=options.max_concurrent or None,
+                    reuse_actors=True,
+                    trial_dirname_creator=lambda trial: trial.trial_id,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{name}-{stamp}" + (f"-{i + 1}of{len(shards)}" if len(shards) > 1 else ""),
+                    storage_path=tune_dir,
+                    failure_config=tune.FailureConfig(max_failures=options.max_retries),
+                    verbose=0,
+                    callbacks=list(callbacks or []),  # a fresh list: Tune appends its own to it
+                ),
+            )
+            failed += sum(1 for r in tuner.fit() if r.error is not None)
+    return failed
 
 
 def exit_code(summary: RunSummary) -> int:

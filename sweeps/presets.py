@@ -45,6 +45,94 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "lr_factor": 0.1,
         },
     },
+    # Vlaar & Frankle 2022: does the straight line from theta_0 to theta_T say anything
+    # about training? Initial-weight scale x optimizer x BatchNorm x label noise.
+    "interpolation": {
+        "demo": {
+            "dataset": "digits",
+            "model": "resnet18k",
+            "width": 8,
+            "batch_size": 64,
+            "seed": [0],
+            "epochs": 8,
+            "init_scale": [1.0, 2.0],  # 0.5 without BatchNorm does not train; 3 diverges with SGD
+            "optimizer": ["sgd", "adam"],
+            "batchnorm": [True, False],
+            "label_noise": [0.0, 0.2],
+            "lr": 0.05,
+            "adam.lr": 0.002,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "step",
+            "milestones": [6],
+            "lr_factor": 0.1,
+            "metrics": ["interpolation"],
+        },
+        "paper": {
+            "dataset": "cifar10",
+            "model": "resnet18k",
+            "width": 64,
+            "batch_size": 128,
+            "seed": [0, 1, 2],
+            "epochs": 100,
+            "init_scale": [0.5, 1.0, 2.0],
+            "optimizer": ["sgd", "adam"],
+            "batchnorm": [True, False],
+            "label_noise": [0.0, 0.2],
+            "lr": 0.1,
+            "adam.lr": 0.001,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "step",
+            "milestones": [33, 66],
+            "lr_factor": 0.1,
+            "metrics": ["interpolation"],
+        },
+    },
+    # SGD vs Adam vs ALI-G, each alone, with late-phase weights, with SWA and with both,
+    # over a small width x batch-size grid: the variants are axes of one grid.
+    "optimizers": {
+        "demo": {
+            "dataset": "digits",
+            "model": "resnet18k",
+            "width": [4, 16],
+            "batch_size": [32, 128],
+            "seed": [0],
+            "epochs": 8,
+            "optimizer": ["sgd", "adam", "alig"],
+            "late_phase.k": [0, 4],
+            "swa.start": [0, 7],  # averages the last 2 epochs
+            "lr": 0.05,
+            "adam.lr": 0.002,
+            "alig.max_lr": 0.1,
+            "alig.max_norm": 60.0,  # above the initial norm of both widths (20 and 40)
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "linear_decay",  # the late-phase paper's, scaled to 8 epochs
+            "late_phase.t0": 4,  # members for the second half
+            "swa.lr_factor": 0.5,
+        },
+        "paper": {
+            "dataset": "cifar10",
+            "model": "resnet18k",
+            "width": [16, 32, 64],
+            "batch_size": [64, 128, 256],
+            "seed": [0, 1, 2],
+            "epochs": 200,
+            "optimizer": ["sgd", "adam", "alig"],
+            "late_phase.k": [0, 10],
+            "swa.start": [0, 161],
+            "lr": 0.1,
+            "adam.lr": 0.001,
+            "alig.max_lr": 1.0,  # ALI-G's CIFAR-10 setting
+            "alig.max_norm": 100.0,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "linear_decay",  # constant to epoch 100, down to lr/100 at 180
+            "late_phase.t0": 120,
+            "swa.lr_factor": 0.5,
+        },
+    },
 }
 
 

@@ -1,7 +1,8 @@
-"""Terminal progress: one line per finished trial instead of Tune's status tables."""
+"""Terminal progress: one line per finished job instead of Tune's status tables."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -9,27 +10,35 @@ from ray import tune
 
 from sweeps.spec import describe
 
+# Result fields worth a glance, in the order printed when present.
+SHOWN = ("train_loss", "test_acc", "mc_train_error", "cka_softmax", "l2_distance")
+
+
+def job_label(config: dict[str, Any], axes: list[str]) -> str:
+    """`width=8 batch_size=32 seed=0`, or `pair width=8 batch_size=32 seeds 0,1`."""
+    if config["kind"] == "pair":
+        plain = [a for a in axes if a != "seed"]
+        return f"pair {describe(config['a'], plain)} seeds {config['a']['seed']},{config['b']['seed']}"
+    return describe(config["trial"], axes)
+
 
 class OneLinePerTrial(tune.Callback):
-    """Prints `[done/total] axes status losses time host` as each trial ends."""
+    """Prints `[done/total] label status figures time host` as each job ends."""
 
-    def __init__(self, total: int, axes: list[str], log: Callable[[str], Any]) -> None:
+    def __init__(self, total: int, axes: list[str], log: Callable[[str], Any] | None) -> None:
         self.total, self.axes, self.log = total, axes, log
         self.finished = 0
-
-    def _axes(self, trial: Any) -> str:
-        return describe(trial.config["trial"], self.axes)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finished += 1
         r = trial.last_result or {}
-        self.log(
-            f"[{self.finished}/{self.total}] {self._axes(trial)}  {r.get('status', '?')}  "
-            f"train_loss={r.get('train_loss', float('nan')):.4f} "
-            f"test_acc={r.get('test_acc', float('nan')):.3f}  "
-            f"{r.get('time_total_s', float('nan')):.1f}s on {r.get('host', '?')}"
-        )
+        figures = " ".join(f"{k}={r[k]:.4g}" for k in SHOWN
+                           if isinstance(r.get(k), float) and not math.isnan(r[k]))
+        (self.log or print)(f"[{self.finished}/{self.total}] {job_label(trial.config, self.axes)}  "
+                            f"{r.get('status', 'ok')}  {figures}  {r.get('time_total_s', float('nan')):.1f}s "
+                            f"on {r.get('host', '?')}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finished += 1
-        self.log(f"[{self.finished}/{self.total}] {self._axes(trial)}  FAILED (see {trial.local_path})")
+        (self.log or print)(f"[{self.finished}/{self.total}] {job_label(trial.config, self.axes)}  "
+                            f"FAILED (see {trial.local_path})")

@@ -37,10 +37,10 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError("--set", f"expected key=value (e.g. width=2,4,8), got {text!r}")
     check_key(key)
+    if is_tuple_key(key):  # a list-valued key; an empty value is the empty list
+        return key, value.strip("[]")
     if not value:
         raise ConfigError(key, "empty value; give a value or a comma-separated list")
-    if is_tuple_key(key):
-        return key, value.strip("[]")
     parts = [p.strip() for p in value.strip("[]").split(",")]
     if any(p == "" for p in parts):
         raise ConfigError(key, f"empty item in list {value!r}")

@@ -2,6 +2,10 @@
 
 `init` (theta_0, needed by interpolation) and `final` are kept; `last` is the epoch
 checkpoint a crashed trial resumes from and is removed once the trial's record exists.
+`final["model"]` is always a plain model of the configured architecture (SWA's average,
+late-phase members collapsed); `final["late_phase_members"]` keeps every member, and
+`last["hooks"]` holds each training variant's state (optimizers of all members, SWA's
+running average), so a resumed trial continues exactly.
 Loading uses `weights_only=True`, so a checkpoint cannot run code.
 """
 

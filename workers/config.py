@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -34,6 +35,9 @@ class Section:
 
     def validate(self) -> None:
         """Check values that a type alone cannot (ranges, names); raise ConfigError."""
+
+    def check_with(self, config: TrialConfig) -> None:
+        """Checks that need other sections (e.g. an epoch number against train.epochs)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,6 +105,9 @@ class DataConfig(Section):
 class ModelConfig(Section):
     model: str = "resnet18k"
     width: int = 64  # k: channel widths (k, 2k, 4k, 8k)
+    batchnorm: bool = True  # False: BatchNorm -> Identity, convolutions get a bias
+    init_scale: float = 1.0  # multiplies the starting weights of conv and linear layers
+    init_from: str = ""  # local checkpoint to start from (a pretrained start); "": random
 
     def validate(self) -> None:
         from workers.models import MODELS
@@ -108,6 +115,15 @@ class ModelConfig(Section):
         MODELS.check(self.model, "model")
         if self.width < 1:
             raise ConfigError("width", f"must be a positive integer, got {self.width!r}")
+        _positive("init_scale", self.init_scale)
+        if self.init_from and not os.path.isfile(os.path.expanduser(self.init_from)):
+            raise ConfigError("init_from", f"no such checkpoint file: {self.init_from!r}")
+
+    def has_batchnorm(self) -> bool:
+        """Whether the built model has BatchNorm layers (late-phase weights need them)."""
+        from workers.models import MODELS
+
+        return self.batchnorm and MODELS.meta(self.model).get("norm") == "batchnorm"
 
 
 @section("optim")
@@ -120,6 +136,12 @@ class OptimConfig(Section):
     schedule: str = "step"
     milestones: tuple[int, ...] = (75,)  # epochs at which the step schedule decays
     lr_factor: float = 0.1  # multiplier applied at each milestone
+    # linear_decay (late-phase paper): constant, then linear down to final_lr_factor * lr;
+    # fractions of the run, so the paper's 100 -> 180 of 200 epochs is 0.5 -> 0.9.
+    decay_start: float = 0.5
+    decay_end: float = 0.9
+    final_lr_factor: float = 0.01
+    warmup_epochs: int = 0  # lr ramps up linearly over these first epochs (0: no warm-up)
 
     def validate(self) -> None:
         from workers.optim import OPTIMIZERS, SCHEDULES
@@ -132,6 +154,54 @@ class OptimConfig(Section):
         if self.weight_decay < 0:
             raise ConfigError("weight_decay", f"must be >= 0, got {self.weight_decay!r}")
         _positive("lr_factor", self.lr_factor)
+        if self.schedule == "linear_decay" and not 0.0 <= self.decay_start < self.decay_end <= 1.0:
+            raise ConfigError("decay_end", f"need 0 <= decay_start < decay_end <= 1 (fractions of the run), "
+                              f"got {self.decay_start!r} and {self.decay_end!r}")
+        _positive("final_lr_factor", self.final_lr_factor)
+        if self.warmup_epochs < 0:
+            raise ConfigError("warmup_epochs", f"must be >= 0, got {self.warmup_epochs!r}")
+
+    def check_with(self, config: TrialConfig) -> None:
+        if self.warmup_epochs >= config.train.epochs:
+            raise ConfigError("warmup_epochs", f"{self.warmup_epochs} leaves no epoch after the warm-up "
+                              f"(epochs={config.train.epochs})")
+
+
+@section("adam", prefix="adam")
+@dataclass(frozen=True)
+class AdamConfig(Section):
+    """Adam and AdamW (optimizer=adam|adamw); their own lr, so one grid can hold SGD too.
+    weight_decay is shared: L2 in the gradient for adam, decoupled for adamw."""
+
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def validate(self) -> None:
+        _positive("adam.lr", self.lr)
+        _positive("adam.eps", self.eps)
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"adam.{name}", f"must be in [0, 1), got {getattr(self, name)!r}")
+
+
+@section("alig", prefix="alig")
+@dataclass(frozen=True)
+class AligConfig(Section):
+    """ALI-G (optimizer=alig, see workers.alig): the step size comes from the loss; lr,
+    weight_decay and the schedule do not apply; `momentum` is its mu (paper: 0.9)."""
+
+    max_lr: float | None = None  # cap on the step size; None: no cap
+    max_norm: float | None = None  # radius of the l2 ball the weights are kept in; None: no constraint
+    delta: float = 1e-5  # added to the squared gradient norm
+
+    def validate(self) -> None:
+        for name in ("max_lr", "max_norm"):
+            if getattr(self, name) is not None:
+                _positive(f"alig.{name}", getattr(self, name))
+        if not self.delta >= 0:
+            raise ConfigError("alig.delta", f"must be >= 0, got {self.delta!r}")
 
 
 @section("train")
@@ -155,10 +225,69 @@ class TrainConfig(Section):
             raise ConfigError("checkpoint_every", f"must be >= 1, got {self.checkpoint_every!r}")
 
 
+@section("late_phase", prefix="late_phase")
+@dataclass(frozen=True)
+class LatePhaseConfig(Section):
+    """Late-phase weights (von Oswald et al. 2021, see workers.late_phase): from epoch t0,
+    BatchNorm layers (and the head) get k members trained round-robin; k = 0 is off."""
+
+    k: int = 0  # members per late-phase layer (paper: 10); 0: off
+    t0: int = 0  # epochs of ordinary training before the members are created (paper: 120)
+    sigma0: float = 0.0  # std of Gaussian noise added to each member's copied weights
+    gamma_theta: float = 1.0  # scale of the shared weights' summed gradient per cycle
+    include_head: bool = True  # the classifier head gets members too (paper: yes)
+
+    def validate(self) -> None:
+        if self.k != 0 and self.k < 2:
+            raise ConfigError("late_phase.k", f"needs at least 2 members (0: off), got {self.k!r}")
+        if self.t0 < 0:
+            raise ConfigError("late_phase.t0", f"must be >= 0, got {self.t0!r}")
+        if self.sigma0 < 0:
+            raise ConfigError("late_phase.sigma0", f"must be >= 0, got {self.sigma0!r}")
+        _positive("late_phase.gamma_theta", self.gamma_theta)
+
+    def check_with(self, config: TrialConfig) -> None:
+        if not self.k:
+            return
+        if self.t0 >= config.train.epochs:
+            raise ConfigError("late_phase.t0", f"{self.t0} leaves no late-phase epoch: must be below "
+                              f"epochs ({config.train.epochs})")
+        if not self.include_head and not config.model.has_batchnorm():
+            raise ConfigError("late_phase.include_head", f"model {config.model.model!r} (batchnorm="
+                              f"{config.model.batchnorm}) has no BatchNorm layer, so the head is the only "
+                              "late-phase layer: set late_phase.include_head=true")
+
+
+@section("swa", prefix="swa")
+@dataclass(frozen=True)
+class SwaConfig(Section):
+    """Stochastic weight averaging (see workers.swa): the equal-weight average of the
+    weights at the end of every epoch from `start`, BatchNorm statistics recomputed."""
+
+    start: int = 0  # first epoch (1-based) whose end weights are averaged; 0: off
+    lr_factor: float = 0.5  # from `start` on, lr = the optimizer's base lr * lr_factor
+
+    def validate(self) -> None:
+        if self.start < 0:
+            raise ConfigError("swa.start", f"must be >= 0 (0: off), got {self.start!r}")
+        _positive("swa.lr_factor", self.lr_factor)
+
+    def check_with(self, config: TrialConfig) -> None:
+        if not self.start:
+            return
+        if self.start > config.train.epochs:
+            raise ConfigError("swa.start", f"{self.start} is after the last epoch ({config.train.epochs})")
+        late = config.late_phase
+        if late.k and self.start <= late.t0:
+            raise ConfigError("swa.start", f"must be after late_phase.t0 ({late.t0}): the average is "
+                              "taken over the late-phase model")
+
+
 @section("measure", training=False)
 @dataclass(frozen=True)
 class MeasureConfig(Section):
     metrics: tuple[str, ...] = ()  # per-model metrics computed after training
+    measure_pairs: bool = False  # seed pairs of each cell: CKA, L2, mode connectivity
     eval_batch_size: int = 1024  # chunk size for evaluation passes (memory bound)
 
     def validate(self) -> None:
@@ -174,18 +303,29 @@ class MeasureConfig(Section):
 def _load_sections() -> None:
     """Import the modules that register option sections (metrics, variants)."""
     import workers.metrics  # noqa: F401  (registers metric option sections)
+    import workers.pair_trial  # noqa: F401  (registers the `pairs` options)
 
 
-def all_keys() -> dict[str, tuple[str, str]]:
-    """Every valid flat key -> (section name, field name)."""
+_SCHEMA: dict[int, dict[str, tuple[str, str, Any]]] = {}
+
+
+def _schema() -> dict[str, tuple[str, str, Any]]:
+    """Every valid flat key -> (section, field, annotation); rebuilt when sections change."""
     _load_sections()
-    keys: dict[str, tuple[str, str]] = {}
-    for name, info in SECTIONS.items():
-        for f in fields(info.cls):
-            key = f"{info.prefix}.{f.name}" if info.prefix else f.name
-            assert key not in keys, f"config key {key!r} defined twice"
-            keys[key] = (name, f.name)
-    return keys
+    if len(SECTIONS) not in _SCHEMA:
+        keys: dict[str, tuple[str, str, Any]] = {}
+        for name, info in SECTIONS.items():
+            hints = typing.get_type_hints(info.cls)
+            for f in fields(info.cls):
+                key = f"{info.prefix}.{f.name}" if info.prefix else f.name
+                assert key not in keys, f"config key {key!r} defined twice"
+                keys[key] = (name, f.name, hints[f.name])
+        _SCHEMA[len(SECTIONS)] = keys
+    return _SCHEMA[len(SECTIONS)]
+
+
+def all_keys() -> list[str]:
+    return sorted(_schema())
 
 
 def coerce(key: str, annotation: Any, value: Any) -> Any:
@@ -243,17 +383,15 @@ def _suggest(key: str, valid: list[str]) -> str:
 
 def check_key(key: str) -> tuple[str, str]:
     """Resolve a flat key to (section, field) or raise ConfigError listing valid keys."""
-    keys = all_keys()
-    if key not in keys:
-        raise ConfigError(
-            key, f"unknown key{_suggest(key, sorted(keys))} valid keys: {', '.join(sorted(keys))}"
-        )
-    return keys[key]
+    schema = _schema()
+    if key not in schema:
+        raise ConfigError(key, f"unknown key{_suggest(key, all_keys())}; valid keys: {', '.join(all_keys())}")
+    return schema[key][:2]
 
 
 def key_type(key: str) -> Any:
-    section_name, field_name = check_key(key)
-    return typing.get_type_hints(SECTIONS[section_name].cls)[field_name]
+    check_key(key)
+    return _schema()[key][2]
 
 
 def _digest(payload: Any, length: int) -> str:
@@ -281,12 +419,12 @@ class TrialConfig:
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> TrialConfig:
         """Build and validate from flat keys; unset keys take their defaults."""
-        _load_sections()
+        schema = _schema()
         grouped: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
         for key, value in values.items():
-            section_name, field_name = check_key(key)
-            hints = typing.get_type_hints(SECTIONS[section_name].cls)
-            grouped[section_name][field_name] = coerce(key, hints[field_name], value)
+            check_key(key)
+            section_name, field_name, annotation = schema[key]
+            grouped[section_name][field_name] = coerce(key, annotation, value)
         built = {name: SECTIONS[name].cls(**kw) for name, kw in grouped.items()}
         config = cls(built)
         config.validate()
@@ -295,6 +433,8 @@ class TrialConfig:
     def validate(self) -> None:
         for sec in self.sections.values():
             sec.validate()
+        for sec in self.sections.values():
+            sec.check_with(self)
         n_train = self.data.n_train()
         if self.train.batch_size > n_train:
             raise ConfigError(
@@ -320,7 +460,8 @@ class TrialConfig:
 
     def record_columns(self) -> dict[str, Any]:
         """Config columns for Parquet rows: training sections and the selected metrics'
-        options, with `section.field` spelled `section_field` (plain SQL identifiers)."""
+        options, with `section.field` spelled `section_field` (plain SQL identifiers);
+        an unset optional number (None) is NaN, as records hold no None."""
         selected = set(self.measure.metrics)
         columns: dict[str, Any] = {}
         for name, sec in self.sections.items():
@@ -328,7 +469,8 @@ class TrialConfig:
             if prefix and not SECTIONS[name].training and name not in selected:
                 continue
             for k, v in sec.to_dict().items():
-                columns[f"{prefix}_{k}" if prefix else k] = list(v) if isinstance(v, tuple) else v
+                column = f"{prefix}_{k}" if prefix else k
+                columns[column] = list(v) if isinstance(v, tuple) else float("nan") if v is None else v
         return columns
 
     def _hash(self, include: Any) -> str:

@@ -1,35 +1,53 @@
-"""Models by name. Every entry is built as `builder(width, shape, num_classes)`, where
-`shape` is one input's (C, H, W).
+"""Models by name. Every entry is built as `builder(width, shape, num_classes, batchnorm)`,
+where `shape` is one input's (C, H, W); entries with BatchNorm say so (`norm="batchnorm"`).
 
 `resnet18k` is the taxonomy paper's ResNet18 of width k: BasicBlock stages of widths
 (k, 2k, 4k, 8k), 3x3 stride-1 stem, no max-pool, global average pool, linear head.
 k = 64 on 32x32 RGB with 10 classes is the standard ResNet18 (11,173,962 parameters).
 It also runs on 8x8 digits: strides 1, 2, 2, 2 take 8x8 down to 1x1.
+
+Knobs of the interpolation study: `batchnorm=False` replaces every BatchNorm by
+`NO_BATCHNORM` (identity; the convolutions get a bias instead of BatchNorm's shift),
+`init_scale` multiplies the initial weights, and `load_start` starts from a local
+checkpoint (a pretrained start).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from workers.errors import ConfigError
 from workers.registry import Registry
 
 MODELS = Registry("model")
 
+# What a BatchNorm layer becomes with batchnorm=False; recorded with every trial.
+NO_BATCHNORM = "identity, conv bias"
+
+
+def norm2d(channels: int, batchnorm: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
+
+
+def conv(c_in: int, c_out: int, kernel: int, stride: int, batchnorm: bool) -> nn.Conv2d:
+    """A convolution followed by `norm2d`: bias only where no BatchNorm shifts it."""
+    return nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=not batchnorm)
+
 
 class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int, batchnorm: bool = True) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv1 = conv(c_in, c_out, 3, stride, batchnorm)
+        self.bn1 = norm2d(c_out, batchnorm)
+        self.conv2 = conv(c_out, c_out, 3, 1, batchnorm)
+        self.bn2 = norm2d(c_out, batchnorm)
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
-            )
+            self.shortcut = nn.Sequential(conv(c_in, c_out, 1, stride, batchnorm), norm2d(c_out, batchnorm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -38,15 +56,15 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, blocks: tuple[int, ...], width: int, in_channels: int, num_classes: int) -> None:
+    def __init__(
+        self, blocks: tuple[int, ...], width: int, in_channels: int, num_classes: int, batchnorm: bool = True
+    ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
-        )
+        self.stem = nn.Sequential(conv(in_channels, width, 3, 1, batchnorm), norm2d(width, batchnorm), nn.ReLU())
         stages, c_in = [], width
         for i, n_blocks in enumerate(blocks):
             c_out = width * 2**i
-            layers = [BasicBlock(c_in if j == 0 else c_out, c_out, 1 if (i == 0 or j > 0) else 2)
+            layers = [BasicBlock(c_in if j == 0 else c_out, c_out, 1 if (i == 0 or j > 0) else 2, batchnorm)
                       for j in range(n_blocks)]
             stages.append(nn.Sequential(*layers))
             c_in = c_out
@@ -58,14 +76,15 @@ class ResNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-@MODELS.register("resnet18k")
-def resnet18k(width: int, shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    return ResNet((2, 2, 2, 2), width, shape[0], num_classes)
+@MODELS.register("resnet18k", norm="batchnorm")
+def resnet18k(width: int, shape: tuple[int, int, int], num_classes: int, batchnorm: bool = True) -> nn.Module:
+    return ResNet((2, 2, 2, 2), width, shape[0], num_classes, batchnorm)
 
 
 @MODELS.register("mlp")
-def mlp(width: int, shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Two hidden layers of `width` units: a cheap model for tests and quick studies."""
+def mlp(width: int, shape: tuple[int, int, int], num_classes: int, batchnorm: bool = True) -> nn.Module:
+    """Two hidden layers of `width` units: a cheap model for tests and quick studies.
+    It has no BatchNorm, so `batchnorm` changes nothing."""
     n_in = shape[0] * shape[1] * shape[2]
     return nn.Sequential(
         nn.Flatten(),
@@ -77,8 +96,44 @@ def mlp(width: int, shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     )
 
 
-def build_model(name: str, width: int, shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    return MODELS.get(name)(width, tuple(shape), num_classes)
+def build_model(
+    name: str, width: int, shape: tuple[int, int, int], num_classes: int, *,
+    batchnorm: bool = True, init_scale: float = 1.0,
+) -> nn.Module:
+    model = MODELS.get(name)(width, tuple(shape), num_classes, batchnorm)
+    if init_scale != 1.0:
+        scale_weights(model, init_scale)
+    return model
+
+
+@torch.no_grad()
+def scale_weights(model: nn.Module, factor: float) -> None:
+    """Multiply the weights (not biases, not BatchNorm's affine) of every conv and linear
+    layer by `factor`: the initial-weight-scale knob of Vlaar & Frankle (2022)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.weight.mul_(factor)
+
+
+def norm_layer(name: str, batchnorm: bool) -> str:
+    """What the normalisation layers of a built model are, for the trials record."""
+    if MODELS.meta(name).get("norm") != "batchnorm":
+        return "none"
+    return "batchnorm" if batchnorm else NO_BATCHNORM
+
+
+def load_start(model: nn.Module, path: str) -> int:
+    """Copy the tensors of a local checkpoint (a project checkpoint `{"model": state}` or
+    a bare state_dict) into `model` wherever name and shape match, so a head for another
+    number of classes stays freshly initialised. Returns how many tensors were copied."""
+    state = torch.load(os.path.expanduser(path), map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise ConfigError("init_from", f"no tensor of {path!r} matches the model's names and shapes")
+    model.load_state_dict(matching, strict=False)
+    return len(matching)
 
 
 def n_parameters(model: nn.Module) -> int:

@@ -1,27 +1,55 @@
 """Optimizers and learning-rate schedules by name.
 
-An optimizer entry is `builder(params, cfg: OptimConfig) -> torch.optim.Optimizer`.
-A schedule entry is `factor(cfg, epochs) -> (epoch -> lr multiplier)`; schedules step
-once per epoch, so a resumed trial recomputes its lr from the epoch number alone.
+An optimizer entry is `builder(params, cfg: TrialConfig) -> torch.optim.Optimizer`;
+each optimizer reads its own options (`lr` for SGD, the `adam` and `alig` sections), so
+one grid can compare them. A schedule entry is `factor(cfg: OptimConfig, epochs) ->
+(epoch -> lr multiplier)`. The lr changes once per epoch and is a function of the epoch
+number alone, so a resumed trial recomputes it without scheduler state.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
-from workers.config import OptimConfig
+from workers.alig import AliG
+from workers.config import OptimConfig, TrialConfig
 from workers.registry import Registry
+from workers.train import Hook
 
 OPTIMIZERS = Registry("optimizer")
 SCHEDULES = Registry("schedule")
 
+Params = Iterable[torch.nn.Parameter]
+
 
 @OPTIMIZERS.register("sgd")
-def sgd(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def sgd(params: Params, cfg: TrialConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+@OPTIMIZERS.register("adam")
+def adam(params: Params, cfg: TrialConfig) -> torch.optim.Optimizer:
+    a = cfg.adam
+    return torch.optim.Adam(params, lr=a.lr, betas=(a.beta1, a.beta2), eps=a.eps,
+                            weight_decay=cfg.optim.weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(params: Params, cfg: TrialConfig) -> torch.optim.Optimizer:
+    a = cfg.adam
+    return torch.optim.AdamW(params, lr=a.lr, betas=(a.beta1, a.beta2), eps=a.eps,
+                             weight_decay=cfg.optim.weight_decay)
+
+
+@OPTIMIZERS.register("alig", scheduled=False)  # the paper uses no lr schedule
+def alig(params: Params, cfg: TrialConfig) -> torch.optim.Optimizer:
+    a = cfg.alig
+    return AliG(params, max_lr=a.max_lr, momentum=cfg.optim.momentum, delta=a.delta, max_norm=a.max_norm)
 
 
 @SCHEDULES.register("step")
@@ -41,12 +69,51 @@ def cosine_schedule(cfg: OptimConfig, epochs: int) -> Callable[[int], float]:
     return lambda epoch: 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return OPTIMIZERS.get(cfg.optimizer)(params, cfg)
+@SCHEDULES.register("linear_decay")
+def linear_decay_schedule(cfg: OptimConfig, epochs: int) -> Callable[[int], float]:
+    """Late-phase paper: constant until decay_start, linear down to final_lr_factor at
+    decay_end, then flat (fractions of the run; 0.1 -> 0.001 over epochs 100..180 of 200)."""
+
+    def factor(epoch: int) -> float:
+        t = epoch / epochs
+        if t <= cfg.decay_start:
+            return 1.0
+        if t >= cfg.decay_end:
+            return cfg.final_lr_factor
+        return 1.0 + (cfg.final_lr_factor - 1.0) * (t - cfg.decay_start) / (cfg.decay_end - cfg.decay_start)
+
+    return factor
 
 
-def build_schedule(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, SCHEDULES.get(cfg.schedule)(cfg, epochs))
+def lr_factor(cfg: TrialConfig) -> Callable[[int], float]:
+    """The lr multiplier of each epoch (0-based): the schedule times a linear warm-up,
+    replaced by swa.lr_factor from the SWA start epoch; 1 for optimizers without one."""
+    if not OPTIMIZERS.meta(cfg.optim.optimizer).get("scheduled", True):
+        return lambda epoch: 1.0
+    schedule = SCHEDULES.get(cfg.optim.schedule)(cfg.optim, cfg.train.epochs)
+    warmup, swa = cfg.optim.warmup_epochs, cfg.swa
+
+    def factor(epoch: int) -> float:
+        if swa.start and epoch >= swa.start - 1:
+            return swa.lr_factor
+        return schedule(epoch) * min(1.0, (epoch + 1) / (warmup + 1))
+
+    return factor
+
+
+class LrSchedule(Hook):
+    """Sets every param group's lr to its initial lr times `factor(epoch)` at the start
+    of each epoch; groups created later (late-phase members) start from their own lr."""
+
+    def __init__(self, factor: Callable[[int], float], param_groups: Callable[[], list[dict[str, Any]]]) -> None:
+        self.factor, self.param_groups = factor, param_groups
+
+    def start_epoch(self, epoch: int) -> None:
+        for group in self.param_groups():
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * self.factor(epoch)
+
+
+def build_optimizer(params: Params, cfg: TrialConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over the trainable ones among `params`."""
+    return OPTIMIZERS.get(cfg.optim.optimizer)([p for p in params if p.requires_grad], cfg)

@@ -12,8 +12,10 @@ of a table has the same column types and pyarrow/DuckDB can read them as one dat
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import socket
+import sys
 from typing import Any
 
 import pyarrow as pa
@@ -28,6 +30,8 @@ def provenance(device: str, code_version: str) -> dict[str, Any]:
 
     return {
         "host": socket.gethostname(),
+        "node_id": ray_node_id(),
+        "pid": os.getpid(),  # with actor reuse, several trials share a worker process
         "device": device,
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,
@@ -37,6 +41,15 @@ def provenance(device: str, code_version: str) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def ray_node_id() -> str:
+    """The Ray node this process runs on, or "" outside Ray (without importing Ray):
+    hosts can share a name (containers, one-host test clusters); node ids cannot."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    return ray.get_runtime_context().get_node_id()
 
 
 def config_columns(cfg: TrialConfig, sweep: str) -> dict[str, Any]:

@@ -35,7 +35,11 @@ class Storage:
 
     @classmethod
     def open(cls, location: str) -> Storage:
-        """Resolve a local path or a URI (`s3://bucket/prefix`, `gs://...`, `file://...`)."""
+        """Resolve a local path or a URI (`s3://bucket/prefix`, `gs://...`, `file://...`).
+
+        A URI may carry pyarrow's filesystem options as a query, e.g. an S3-compatible
+        server: `s3://bucket/prefix?endpoint_override=host:9000&scheme=http`.
+        """
         if is_uri(location):
             try:
                 fs, root = pafs.FileSystem.from_uri(location)
@@ -50,14 +54,17 @@ class Storage:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
     def child(self, *parts: str) -> Storage:
+        """A sub-folder; a URI keeps its options (`s3://b/p?endpoint_override=...`) at the end."""
         sub = "/".join(parts)
-        return Storage(self.fs, f"{self.root}/{sub}", f"{self.uri.rstrip('/')}/{sub}")
+        base, sep, options = self.uri.partition("?")
+        return Storage(self.fs, f"{self.root}/{sub}", f"{base.rstrip('/')}/{sub}{sep}{options}")
 
     def path(self, relpath: str) -> str:
         return f"{self.root}/{relpath}"
 
     def exists(self, relpath: str) -> bool:
-        return self.fs.get_file_info(self.path(relpath)).type != pafs.FileType.NotFound
+        """Whether a finished file (not a folder) is at `relpath`."""
+        return self.fs.get_file_info(self.path(relpath)).type == pafs.FileType.File
 
     def write_bytes(self, relpath: str, data: bytes) -> None:
         """Write a whole file atomically (see module docstring)."""
@@ -95,6 +102,24 @@ class Storage:
             if info.base_name.endswith(suffix):
                 names.append(info.base_name[: len(info.base_name) - len(suffix)])
         return sorted(names)
+
+    def quarantine_unreadable(self, folder: str) -> list[str]:
+        """Move Parquet files of `folder` whose footer cannot be read to `_quarantine/`.
+
+        Our writes are atomic, so a damaged file means outside harm (a disk fault, a
+        copy cut short); moving it away makes the next run recompute that record.
+        """
+        moved = []
+        for name in self.list_names(folder, ".parquet"):
+            relpath = f"{folder}/{name}.parquet"
+            try:
+                with self.fs.open_input_file(self.path(relpath)) as f:
+                    pq.read_metadata(f)
+            except (pa.ArrowException, OSError):
+                self.fs.create_dir(self.path(f"_quarantine/{folder}"), recursive=True)
+                self.fs.move(self.path(relpath), self.path(f"_quarantine/{relpath}"))
+                moved.append(relpath)
+        return moved
 
     def write_table(self, table: str, key: str, data: pa.Table) -> None:
         """Write one record file `<table>/<key>.parquet`."""

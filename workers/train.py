@@ -3,14 +3,19 @@
 Batches are index slices of tensors already on the device: no DataLoader, no worker
 processes. Each epoch's order comes from a generator seeded by (seed, epoch), so a
 trial resumed at epoch e sees exactly the batches it would have seen.
+
+Training variants stay out of the loop's body: the minibatch update is an `Update`
+object (plain, or late-phase weights in `workers.late_phase`), and everything that acts
+between epochs (lr schedule, late-phase members, SWA) is a `Hook` the loop calls.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +29,8 @@ class EpochStats:
     train_loss: float  # mean over the epoch's batches, model in train mode
     train_acc: float
     time_s: float
+    step_size: float = math.nan  # mean adaptive step size (ALI-G) of the epoch's steps
+    step_size_unclipped: float = math.nan  # the same before the max_lr cap
 
     @property
     def diverged(self) -> bool:
@@ -41,35 +48,101 @@ def epoch_batches(
         yield x[idx], y[idx]
 
 
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Hook:
+    """What the loop calls around every epoch; a variant overrides what it needs.
+
+    `finish` runs once after the last epoch of a run that did not diverge and returns
+    extra entries for the final checkpoint; `state_dict` goes into resume checkpoints.
+    """
+
+    def start_epoch(self, epoch: int) -> None:
+        """Before the epoch's first batch (`epoch` is 0-based)."""
+
+    def end_epoch(self, epoch: int) -> None:
+        """After the epoch's last batch, before its checkpoint."""
+
+    def finish(self, x: torch.Tensor) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from `state_dict`; called before the model's weights are loaded."""
+
+
+class Update(Hook):
+    """The plain minibatch update: forward, loss, backward, one optimizer step.
+
+    The optimizer gets a closure returning the loss (`step(closure)` is torch's
+    protocol): ALI-G needs the value, the others ignore it.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn = F.cross_entropy) -> None:
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self._step_sizes: list[tuple[float, float]] = []
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Every param group this update steps (the lr schedule sets them all)."""
+        return self.optimizer.param_groups
+
+    def __call__(self, i: int, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update on minibatch `i` of the epoch; returns its (loss, logits), detached."""
+        logits = self.model(xb)
+        loss = self.loss_fn(logits, yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.step(self.optimizer, loss.detach())
+        return loss.detach(), logits.detach()
+
+    def step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """Step `optimizer`, noting its step size if it has an adaptive one."""
+        optimizer.step(lambda: loss)
+        if hasattr(optimizer, "last_step_size"):
+            self._step_sizes.append((optimizer.last_step_size, optimizer.last_step_size_unclipped))
+
+    def step_sizes(self) -> tuple[float, float]:
+        """Mean (clipped, unclipped) adaptive step size since the last call; NaN if none."""
+        sizes, self._step_sizes = self._step_sizes, []
+        if not sizes:
+            return math.nan, math.nan
+        return sum(s for s, _ in sizes) / len(sizes), sum(u for _, u in sizes) / len(sizes)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
 def train_epoch(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    update: Update,
     x: torch.Tensor,
     y: torch.Tensor,
     batch_size: int,
     seed: int,
     epoch: int,
 ) -> EpochStats:
-    """One epoch of minibatch steps; divergence shows as a non-finite train_loss."""
+    """One epoch of minibatch updates; divergence shows as a non-finite train_loss."""
     start = time.perf_counter()
     model.train()
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     seen = 0
-    lr = optimizer.param_groups[0]["lr"]
-    for xb, yb in epoch_batches(x, y, batch_size, seed, epoch):
-        logits = model(xb)
-        loss = F.cross_entropy(logits, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * len(yb)
-        correct += (logits.detach().argmax(1) == yb).sum()
+    lr = update.param_groups()[0]["lr"]
+    for i, (xb, yb) in enumerate(epoch_batches(x, y, batch_size, seed, epoch)):
+        loss, logits = update(i, xb, yb)
+        loss_sum += loss * len(yb)
+        correct += (logits.argmax(1) == yb).sum()
         seen += len(yb)
     # One host sync per epoch: a blown-up run is caught here, at most one epoch late.
     return EpochStats(
         epoch + 1, lr, float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1),
-        time.perf_counter() - start,
+        time.perf_counter() - start, *update.step_sizes(),
     )
 
 
@@ -89,22 +162,38 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 10
 
 def fit(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
+    update: Update,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
+    hooks: Sequence[Hook],
     batch_size: int,
     seed: int,
     epochs: int,
     start_epoch: int = 0,
     on_epoch: Callable[[EpochStats], None] = lambda stats: None,
 ) -> EpochStats | None:
-    """Train from `start_epoch` to `epochs`; stop early and return the stats on divergence."""
+    """Train from `start_epoch` to `epochs`; stop early and return the stats on divergence.
+
+    `hooks` are called in order at the start and at the end of every epoch (list the
+    update first: late-phase creates its members before the schedule sets their lr).
+    """
     for epoch in range(start_epoch, epochs):
-        stats = train_epoch(model, optimizer, x, y, batch_size, seed, epoch)
-        schedule.step()
+        for hook in hooks:
+            hook.start_epoch(epoch)
+        stats = train_epoch(model, update, x, y, batch_size, seed, epoch)
+        for hook in hooks:
+            hook.end_epoch(epoch)
         on_epoch(stats)
         if stats.diverged:
             return stats
     return None
+
+
+def finish(hooks: Sequence[Hook], x: torch.Tensor) -> dict[str, Any]:
+    """Run every hook's `finish` in reverse order, like nested context managers (SWA
+    averages the late-phase model before late-phase collapses it); merged extras."""
+    extras: dict[str, Any] = {}
+    for hook in reversed(hooks):
+        extras.update(hook.finish(x))
+    return extras

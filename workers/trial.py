@@ -27,12 +27,14 @@ import torch
 from workers import checkpoints
 from workers.config import TrialConfig, settings_hash
 from workers.data import DATASETS, Splits, prepare
+from workers.late_phase import LatePhase
 from workers.metrics import METRICS
-from workers.models import build_model, n_parameters
-from workers.optim import build_optimizer, build_schedule
+from workers.models import build_model, load_start, n_parameters, norm_layer
+from workers.optim import LrSchedule, build_optimizer, lr_factor
 from workers.records import config_columns, provenance, to_table
 from workers.storage import Storage
-from workers.train import EpochStats, evaluate, fit
+from workers.swa import Swa
+from workers.train import EpochStats, Hook, Update, evaluate, finish, fit
 
 NAN = float("nan")
 
@@ -62,7 +64,24 @@ def seed_everything(seed: int) -> None:
 
 def new_model(cfg: TrialConfig, splits: Splits, device: str) -> torch.nn.Module:
     shape = DATASETS.meta(cfg.data.dataset)["shape"]
-    return build_model(cfg.model.model, cfg.model.width, shape, splits.num_classes).to(device)
+    m = cfg.model
+    return build_model(m.model, m.width, shape, splits.num_classes, batchnorm=m.batchnorm,
+                       init_scale=m.init_scale).to(device)
+
+
+def training_hooks(cfg: TrialConfig, model: torch.nn.Module) -> list[Hook]:
+    """The training variants of a trial, in the order `fit` calls them: the update rule
+    (plain or late-phase), the lr schedule, then SWA if configured."""
+    optimizer = build_optimizer(model.parameters(), cfg)
+    if cfg.late_phase.k:
+        update: Update = LatePhase(model, optimizer, lambda params: build_optimizer(params, cfg),
+                                   cfg.late_phase, seed=cfg.train.seed)
+    else:
+        update = Update(model, optimizer)
+    hooks: list[Hook] = [update, LrSchedule(lr_factor(cfg), update.param_groups)]
+    if cfg.swa.start:
+        hooks.append(Swa(model, cfg.swa.start, cfg.train.batch_size))
+    return hooks
 
 
 def measure_key(cfg: TrialConfig, metric: str) -> str:
@@ -107,35 +126,40 @@ def _train(
     model: torch.nn.Module, device: str, started: float,
 ) -> dict[str, Any]:
     key = cfg.trial_key
-    optimizer = build_optimizer(model, cfg.optim)
-    schedule = build_schedule(optimizer, cfg.optim, cfg.train.epochs)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     last = checkpoints.load(storage, key, "last", device)
+    if last is None and cfg.model.init_from:
+        load_start(model, cfg.model.init_from)
+    hooks = training_hooks(cfg, model)  # ALI-G projects the starting weights here
+    update = hooks[0]
     if last is None:
         checkpoints.save(storage, key, "init", {"model": model.state_dict()})
     else:  # resume after a crash: the state of the last finished epoch
+        for hook, state in zip(hooks, last["hooks"]):
+            hook.load_state_dict(state)  # late-phase rebuilds its members before the weights load
         model.load_state_dict(last["model"])
-        optimizer.load_state_dict(last["optimizer"])
-        schedule.load_state_dict(last["schedule"])
         history, start_epoch = last["history"], last["epoch"]
 
     base = config_columns(cfg, ctx.sweep)
 
     def on_epoch(stats: EpochStats) -> None:
         history.append({**base, "epoch": stats.epoch, "lr": stats.lr, "train_loss": stats.train_loss,
-                        "train_acc": stats.train_acc, "epoch_time_s": stats.time_s})
+                        "train_acc": stats.train_acc, "step_size": stats.step_size,
+                        "step_size_unclipped": stats.step_size_unclipped, "epoch_time_s": stats.time_s})
         if stats.epoch % cfg.train.checkpoint_every == 0 and stats.epoch < cfg.train.epochs:
             checkpoints.save(storage, key, "last", {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "history": history, "epoch": stats.epoch,
+                "model": model.state_dict(), "hooks": [h.state_dict() for h in hooks],
+                "history": history, "epoch": stats.epoch,
             })
         _inject_fault(key, stats.epoch)
 
     train_start = time.perf_counter()
-    blown_up = fit(model, optimizer, schedule, splits.x_train, splits.y_train,
+    blown_up = fit(model, update, splits.x_train, splits.y_train, hooks=hooks,
                    batch_size=cfg.train.batch_size, seed=cfg.train.seed, epochs=cfg.train.epochs,
                    start_epoch=start_epoch, on_epoch=on_epoch)
+    # SWA's averaged weights, late-phase's collapsed model; extras keep all members.
+    extras = finish(hooks, splits.x_train) if blown_up is None else {}
     train_time = time.perf_counter() - train_start
 
     eval_start = time.perf_counter()
@@ -144,7 +168,7 @@ def _train(
         chunk = cfg.measure.eval_batch_size
         train_loss, train_acc = evaluate(model, splits.x_train, splits.y_train, chunk)
         test_loss, test_acc = evaluate(model, splits.x_test, splits.y_test, chunk)
-        checkpoints.save(storage, key, "final", {"model": model.state_dict()})
+        checkpoints.save(storage, key, "final", {"model": model.state_dict(), **extras})
     else:
         status, error = "diverged", f"non-finite training loss at epoch {blown_up.epoch}"
         train_loss = train_acc = test_loss = test_acc = NAN
@@ -155,6 +179,7 @@ def _train(
         "epochs_done": history[-1]["epoch"] if history else 0,
         "resumed_from_epoch": start_epoch,
         "n_params": n_parameters(model),
+        "norm_layer": norm_layer(cfg.model.model, cfg.model.batchnorm),
         "n_train": len(splits.y_train),
         "n_test": len(splits.y_test),
         "n_noisy_labels": splits.n_noisy,

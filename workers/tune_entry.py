@@ -1,24 +1,67 @@
-"""The Ray Tune function: unpack the config, run the trial, report one result.
+"""The Ray Tune function: unpack the job, run it, report one result.
 
-Ray ships only this function's reference to the worker; the trial's configuration
-arrives as plain values (`config["trial"]` is `TrialConfig.to_flat()`), so any node
-with the project installed can run it.
+Ray ships only this function's reference to the worker; a job's configuration arrives
+as plain values (`TrialConfig.to_flat()` dicts), so any node with the project installed
+can run it. Two kinds of job: `train` (one model, `workers.trial`) and `pair` (two
+trained seeds of a cell, `workers.pair_trial`).
 """
 
 from __future__ import annotations
 
+import socket
+import time
+import traceback
 from typing import Any
 
 from workers.config import TrialConfig
+from workers.records import to_table
+from workers.storage import Storage
 from workers.trial import RunContext, run_trial
 
 # Scalars reported to Tune (and so to the driver's progress line); records hold the rest.
-REPORTED = ("status", "train_loss", "train_acc", "test_loss", "test_acc", "time_total_s", "host")
+REPORTED = ("status", "train_loss", "train_acc", "test_loss", "test_acc", "mc_train_error",
+            "cka_softmax", "l2_distance", "time_total_s", "host")
 
 
-def tune_trial(config: dict[str, Any]) -> None:
+def job_key(config: dict[str, Any]) -> str:
+    if config["kind"] == "pair":
+        from workers.pair_trial import pair_key
+
+        return pair_key(TrialConfig.from_flat(config["a"]), TrialConfig.from_flat(config["b"]),
+                        config["with_mc"])
+    return TrialConfig.from_flat(config["trial"]).trial_key
+
+
+def run_job(config: dict[str, Any]) -> dict[str, Any]:
+    """Run one job described by plain values; returns the row it recorded."""
+    context = RunContext(**config["context"])
+    if config["kind"] == "pair":
+        from workers.pair_trial import run_pair
+
+        a, b = TrialConfig.from_flat(config["a"]), TrialConfig.from_flat(config["b"])
+        return run_pair(a, b, config["with_mc"], context)
+    assert config["kind"] == "train", f"unknown job kind {config['kind']!r}"
+    return run_trial(TrialConfig.from_flat(config["trial"]), context)
+
+
+def record_failure(config: dict[str, Any], exc: BaseException) -> None:
+    """Write `failures/<key>.<time>.parquet` (one file per failed attempt) for `status`."""
+    key = job_key(config)
+    row = {"key": key, "kind": config["kind"], "error": f"{type(exc).__name__}: {exc}",
+           "traceback": traceback.format_exc(), "host": socket.gethostname(),
+           "failed_at": time.time()}
+    Storage.open(config["context"]["storage"]).write_table("failures", f"{key}.{time.time_ns()}", to_table([row]))
+
+
+def tune_job(config: dict[str, Any]) -> None:
     from ray import tune
 
-    cfg = TrialConfig.from_flat(config["trial"])
-    row = run_trial(cfg, RunContext(**config["context"]))
-    tune.report({"trial_key": cfg.trial_key, **{k: row[k] for k in REPORTED if k in row}})
+    try:
+        row = run_job(config)
+    except Exception as exc:  # record why, then let Ray retry or mark the trial failed
+        try:
+            record_failure(config, exc)
+        except OSError:
+            pass  # the storage itself is what failed; Ray still has the traceback
+        raise
+    tune.report({k: row[k] for k in REPORTED if k in row})

@@ -44,6 +44,7 @@ class MetricContext:
 
 def _register_builtin() -> None:
     """Import the modules whose import registers each metric (kept in one place)."""
+    from workers.metrics import hessian, interpolation, surface  # noqa: F401
 
 
 _register_builtin()

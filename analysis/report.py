@@ -1,0 +1,165 @@
+"""The phase report of a sweep: diagram, metric heatmaps, and a Markdown summary.
+
+    python -m analysis report results/taxonomy-demo --out report/
+    python -m analysis report PATH --x width --y label_noise --fix batch_size=128
+
+Any two columns of the trials table can be the diagram's axes; `--fix key=value`
+keeps only some models, and every other axis is pooled (its models are averaged
+together per cell), which the summary states.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from analysis import plots
+from analysis.load import Sweep, load_sweep
+from analysis.phases import THRESHOLD_NAMES, Thresholds, cell_metrics, classify, resolve_thresholds
+from workers.errors import ConfigError
+
+# (column of the cell table, file stem, title) of each heatmap.
+HEATMAPS = (
+    ("test_acc_mean", "test_accuracy", "test accuracy (mean over seeds)"),
+    ("train_loss_mean", "train_loss", "training loss (mean over seeds)"),
+    ("log_top_eigenvalue", "log_top_eigenvalue", "ln Hessian top eigenvalue (of the seed mean)"),
+    ("log_trace", "log_trace", "ln Hessian trace (of the seed mean)"),
+    ("mc_mean", "mode_connectivity", "mode connectivity mc (training error, points)"),
+    ("cka_softmax_mean", "cka", "CKA of softmax outputs (mean over seed pairs)"),
+    ("l2_distance_mean", "l2_distance", "L2 distance of parameters (mean over seed pairs)"),
+)
+# Columns of the per-cell table in the summary: (column, header, format).
+TABLE = (
+    ("models", "models", "{:d}"), ("diverged", "diverged", "{:d}"), ("pairs", "pairs", "{:d}"),
+    ("train_loss_mean", "train loss", "{:.3g}"), ("test_acc_mean", "test acc", "{:.3f}"),
+    ("log_top_eigenvalue", "ln λmax", "{:.2f}"), ("log_trace", "ln trace", "{:.2f}"),
+    ("mc_mean", "mc", "{:.2f}"), ("cka_softmax_mean", "CKA", "{:.3f}"), ("l2_distance_mean", "L2", "{:.3g}"),
+    ("phase", "phase", "{}"), ("confidence", "confidence", "{:.2f}"), ("note", "note", "{}"),
+)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    x: str | None = None  # None: width if the sweep varies it, else its first axis
+    y: str | None = None  # None: batch_size if varied, else its next axis
+    fixed: dict[str, str] = field(default_factory=dict)
+    thresholds: str = "paper"  # "paper" (calibrated defaults) or "auto"
+    overrides: dict[str, str] = field(default_factory=dict)  # threshold name -> value
+
+
+def diagram_axes(sweep: Sweep, options: ReportOptions) -> tuple[str, str]:
+    """The diagram's (x, y): as asked, else width x batch_size, else the first two axes."""
+    free = [a for a in sweep.axes() if a not in options.fixed]
+    preferred = [a for a in ("width", "batch_size") if a in free] + [a for a in free if a not in ("width", "batch_size")]
+    x = options.x or next((a for a in preferred if a != options.y), None)
+    y = options.y or next((a for a in preferred if a != x), None)
+    if x is None or y is None:
+        raise ConfigError("--x/--y", f"the diagram needs two axes; this sweep varies {free or 'nothing'}; "
+                          "name two columns with --x and --y")
+    if x == y:
+        raise ConfigError("--y", f"must differ from --x ({x})")
+    return x, y
+
+
+def phase_grid(cells: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Phase labels as a y-by-x table ("?" appended where uncertain)."""
+    labels = cells["phase"] + cells["uncertain"].map({True: "?", False: ""})
+    return cells.assign(label=labels).pivot(index=y, columns=x, values="label").fillna("")
+
+
+@dataclass(frozen=True)
+class Report:
+    files: dict[str, str]  # name -> path written
+    cells: pd.DataFrame  # one row per cell: axes, metrics, phase, confidence
+    x: str
+    y: str
+    thresholds: Thresholds
+
+
+def write_report(path: str, out: str, options: ReportOptions = ReportOptions()) -> Report:
+    """Write phase_diagram.png, heatmap_*.png, cells.csv and summary.md into `out`."""
+    sweep = load_sweep(path)
+    if sweep.trials.empty:
+        raise ConfigError("PATH", f"{path}: no trials records found")
+    x, y = diagram_axes(sweep, options)
+    cells = cell_metrics(sweep, [x, y], options.fixed)
+    thresholds = resolve_thresholds(cells, options.thresholds, options.overrides)
+    classified = classify(cells, thresholds)
+    os.makedirs(out, exist_ok=True)
+    written = {"phase_diagram": os.path.join(out, "phase_diagram.png")}
+    name = sweep.spec.get("name") or os.path.basename(path.rstrip("/"))
+    plots.phase_diagram(classified, x, y, written["phase_diagram"], f"{name}: phases ({options.thresholds} thresholds)")
+    for column, stem, title in HEATMAPS:
+        if column in classified and classified[column].notna().any():
+            written[stem] = os.path.join(out, f"heatmap_{stem}.png")
+            plots.heatmap(classified, x, y, column, written[stem], f"{name}: {title}")
+    written["cells"] = os.path.join(out, "cells.csv")
+    classified.to_csv(written["cells"], index=False)
+    written["summary"] = os.path.join(out, "summary.md")
+    with open(written["summary"], "w") as f:
+        f.write(summary_markdown(sweep, classified, x, y, options, thresholds, written))
+    return Report(written, classified, x, y, thresholds)
+
+
+def _pooled_axes(sweep: Sweep, x: str, y: str, options: ReportOptions) -> list[str]:
+    trials = sweep.trials
+    others = [a for a in sweep.axes() if a not in (x, y) and a not in options.fixed]
+    return [f"{a} ({', '.join(str(v) for v in sorted(trials[a].dropna().unique()))})" for a in others]
+
+
+def summary_markdown(
+    sweep: Sweep, cells: pd.DataFrame, x: str, y: str, options: ReportOptions,
+    thresholds: Thresholds, written: dict[str, str],
+) -> str:
+    trials, pairs = sweep.trials, sweep.pairs
+    n_curves = int(pairs["mc"].notna().sum()) if "mc" in pairs else 0
+    fixed = ", ".join(f"{k} = {v}" for k, v in options.fixed.items()) or "none"
+    pooled = "; ".join(_pooled_axes(sweep, x, y, options)) or "none"
+    counts = cells["phase"].value_counts()
+    lines = [
+        f"# Phase report: {sweep.path}",
+        "",
+        f"- Records: {len(trials)} models ({int((trials['status'] == 'ok').sum())} ok), "
+        f"{len(pairs)} seed pairs ({n_curves} with a Bezier curve), {len(cells)} cells.",
+        f"- Diagram axes: x = `{x}`, y = `{y}` (small values at the top). Fixed: {fixed}. "
+        f"Pooled within each cell (models of all their values averaged together): {pooled}.",
+        "- Phases: " + ", ".join(f"{p} {counts[p]}" for p in counts.index)
+        + f"; {int(cells['uncertain'].sum())} cells uncertain (marked `?`: a metric within one seed "
+        "spread of its threshold).",
+        "- Sharpness uses ln(mean top eigenvalue over seeds) with the seed spread of ln(eigenvalue)"
+        + ("" if cells.get("log_top_eigenvalue", pd.Series(dtype=float)).notna().any()
+           else " — this sweep has no Hessian metric, so training loss stands in for sharpness")
+        + "; mc's spread is taken over pairs when a cell has several curves, else from the seeds' "
+        "training-error spread (percentage points).",
+    ]
+    if sweep.skipped:
+        lines.append(f"- Unreadable files left out: {', '.join(sweep.skipped)}")
+    lines += ["", f"## Thresholds ({options.thresholds})", "", "| threshold | value | source |", "|---|---|---|"]
+    lines += [f"| {n} | {getattr(thresholds, n):.4g} | {thresholds.describe(n)} |" for n in THRESHOLD_NAMES]
+    lines += ["", "Rules: sharp if ln λmax > `log_top_eigenvalue` (training loss > `train_loss` when no Hessian); "
+              "poorly connected if mc < `mc`; IV-B if CKA ≥ `cka`.", "", "## Phase diagram", "",
+              "![phase diagram](phase_diagram.png)", "", "```",
+              phase_grid(cells, x, y).to_string(), "```", "", "## Heatmaps", ""]
+    lines += [f"![{stem}](heatmap_{stem}.png)" for _, stem, _ in HEATMAPS if stem in written]
+    lines += ["", "## Cells", "", _markdown_table(cells, [x, y])]
+    return "\n".join(lines) + "\n"
+
+
+def _cell_text(value, fmt: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def _markdown_table(cells: pd.DataFrame, axes: list[str]) -> str:
+    columns = [(a, a, "{}") for a in axes] + [c for c in TABLE if c[0] in cells]
+    rows = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in cells.iterrows():
+        rows.append("| " + " | ".join(_cell_text(row[c], f) for c, _, f in columns) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,78 @@
+"""`python -m analysis status PATH`: what a sweep has done, what failed and what is missing.
+
+Expected counts come from the grid in `spec.json` (the product of every key's values),
+so a sweep interrupted anywhere shows exactly how much is left.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from analysis.load import Sweep
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    table: str
+    expected: int | None  # None: unknown (no spec.json, e.g. imported data)
+    done: int
+    diverged: int
+    failed: int
+
+    @property
+    def missing(self) -> int | None:
+        return None if self.expected is None else max(0, self.expected - self.done - self.diverged)
+
+
+def expected_counts(spec: dict) -> dict[str, int | None]:
+    """Models, metric records and seed pairs the grid of `spec.json` calls for."""
+    values = spec.get("values")
+    if not values:
+        return {"trials": None, "measures": None, "pairs": None}
+    models = math.prod(len(v) for v in values.values())
+    metrics = len(values.get("metrics", [[]])[0])
+    seeds = len(values.get("seed", [0]))
+    pairs = models // seeds * math.comb(seeds, 2) if values.get("measure_pairs", [False])[0] else 0
+    return {"trials": models, "measures": models * metrics, "pairs": pairs}
+
+
+def failed_jobs(sweep: Sweep) -> pd.DataFrame:
+    """The latest failure of every job that has no record yet (later success clears it)."""
+    failures = sweep.failures
+    if failures.empty:
+        return failures
+    recorded = set(sweep.trials.get("trial_key", [])) | set(sweep.pairs.get("pair_key", []))
+    latest = failures.sort_values("failed_at").groupby("key").tail(1)
+    return latest[~latest["key"].isin(recorded)]
+
+
+def table_status(sweep: Sweep) -> list[TableStatus]:
+    expected = expected_counts(sweep.spec)
+    failed = failed_jobs(sweep)
+    n_failed = failed["kind"].value_counts().to_dict() if not failed.empty else {}
+    statuses = sweep.trials["status"] if "status" in sweep.trials else pd.Series(dtype=str)
+    n_measures = len(sweep.measures)
+    return [
+        TableStatus("trials", expected["trials"], int((statuses == "ok").sum()),
+                    int((statuses == "diverged").sum()), n_failed.get("train", 0)),
+        TableStatus("measures", expected["measures"], n_measures, 0, 0),
+        TableStatus("pairs", expected["pairs"], len(sweep.pairs), 0, n_failed.get("pair", 0)),
+    ]
+
+
+def format_status(sweep: Sweep) -> str:
+    lines = [f"{sweep.path}", f"{'table':<10}{'expected':>10}{'done':>8}{'diverged':>10}{'failed':>8}{'missing':>9}"]
+    for s in table_status(sweep):
+        exp = "?" if s.expected is None else str(s.expected)
+        miss = "?" if s.missing is None else str(s.missing)
+        lines.append(f"{s.table:<10}{exp:>10}{s.done:>8}{s.diverged:>10}{s.failed:>8}{miss:>9}")
+    failed = failed_jobs(sweep)
+    if not failed.empty:
+        lines.append("failed:")
+        lines += [f"  {row.kind} {row.key}: {row.error}" for row in failed.itertuples()]
+    if sweep.skipped:
+        lines.append("unreadable files (skipped): " + ", ".join(sweep.skipped))
+    return "\n".join(lines)

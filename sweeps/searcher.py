@@ -1,0 +1,64 @@
+"""The Tune searcher that hands out training trials and starts each seed pair early.
+
+A pair (two seeds of one grid cell) needs both trained models. Rather than waiting for
+the whole training stage, the searcher offers a pair the moment its second model
+finishes, ahead of any further training, so global metrics stream in with the sweep.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from ray.tune.search import Searcher
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of Tune work: train a model, or measure a pair of trained models."""
+
+    key: str  # trial_key or pair_key
+    config: dict[str, Any]  # what the Tune function receives
+    needs: tuple[str, ...] = ()  # trial keys that must be finished first
+
+
+class SweepSearcher(Searcher):
+    """Suggests ready pairs first, then training trials; finishes when both run out."""
+
+    def __init__(self, jobs: list[Job], finished: set[str]) -> None:
+        super().__init__(metric=None, mode=None)
+        self._finished = set(finished)  # trial keys whose models exist (any status)
+        self._waiting = [j for j in jobs if j.needs]
+        self._train = deque(j for j in jobs if not j.needs)
+        self._ready: deque[Job] = deque()
+        self._running: dict[str, Job] = {}
+        self._release()
+
+    def _release(self) -> None:
+        still = []
+        for job in self._waiting:
+            (self._ready if all(k in self._finished for k in job.needs) else still).append(job)
+        self._waiting = still
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        queue = self._ready or self._train
+        if queue:
+            job = queue.popleft()
+            self._running[trial_id] = job
+            return job.config
+        if self._running:
+            return None  # pairs may still become ready as running trials finish
+        return Searcher.FINISHED  # waiting pairs whose models never finished are dropped
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        job = self._running.pop(trial_id, None)
+        if job is not None and not job.needs and not error:
+            self._finished.add(job.key)
+            self._release()
+
+    def save(self, checkpoint_path: str) -> None:  # resume comes from the records instead
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass

@@ -1,0 +1,187 @@
+"""Loss along straight lines from the initial weights theta_0 to the trained theta_T.
+
+Vlaar & Frankle (ICML 2022) ask whether the loss on the path (1 - a) theta_0 + a theta_T
+says anything about training; Lucas et al. (2021) call "the loss decreases along it"
+monotonic linear interpolation (MLI). We record, on a fixed seeded subset of each split:
+
+- the full path (`kind="interp_full"`, group `all`);
+- layer-wise paths: one group of parameters moves from theta_0 to theta_T while every
+  other entry of the state stays exactly at theta_T (`interp_group`) or at theta_0
+  (`interp_group_mirror`); groups are chosen as in `common.parameter_groups`;
+- per curve and split, from the loss on the points with a in [0, 1]: monotone (no rise
+  above `monotone_tol` nats), the largest bump (a loss minus the lowest loss before it),
+  the barrier over the chord between the end points, and the a of the highest loss.
+
+BatchNorm running statistics are either interpolated with the weights (and then the end
+points reproduce theta_0 and theta_T exactly) or recomputed on the training subset at
+every point (`bn_stats`); the choice changes the curve and is part of the record.
+
+Defaults are sized for the sweep's cost budget: 21 points on 512 samples per split for
+the full path, and 11 points per stage (others at theta_T) for the layer-wise paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import update_bn
+
+from workers.config import Section, section
+from workers.errors import ConfigError
+from workers.metrics import METRICS, Measurement, MetricContext
+from workers.metrics.common import EvalSets, check_group_specs, curve_row, parameter_groups, state_keys
+
+State = dict[str, torch.Tensor]
+
+
+@section("interpolation", prefix="interpolation", training=False)
+@dataclass(frozen=True)
+class InterpolationOptions(Section):
+    points: int = 21  # alphas i / (points - 1) in [0, 1], both ends included
+    extend: float = 0.0  # also alphas up to `extend` beyond each end, same spacing
+    eval_samples: int = 256  # fixed subset of each split (capped at the split's size)
+    eval_seed: int = 0
+    bn_stats: str = "interpolate"  # BatchNorm running statistics: "interpolate" or "recompute"
+    groups: tuple[str, ...] = ()  # layer-wise paths: `module`, `stage`, `block` or globs
+    group_points: int = 11  # points in [0, 1] of each layer-wise path
+    others_at: tuple[str, ...] = ("final",)  # where the other groups stay: "final" and/or "init"
+    monotone_tol: float = 1e-3  # nats of loss increase still counted as monotone
+
+    BN_STATS: ClassVar[tuple[str, ...]] = ("interpolate", "recompute")
+    OTHERS_AT: ClassVar[dict[str, str]] = {"final": "interp_group", "init": "interp_group_mirror"}
+
+    def validate(self) -> None:
+        for name in ("points", "group_points"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"interpolation.{name}", f"must be >= 2 (both end points), got "
+                                                           f"{getattr(self, name)!r}")
+        if self.eval_samples < 1:
+            raise ConfigError("interpolation.eval_samples", f"must be >= 1, got {self.eval_samples!r}")
+        if not self.extend >= 0:
+            raise ConfigError("interpolation.extend", f"must be >= 0, got {self.extend!r}")
+        if self.bn_stats not in self.BN_STATS:
+            raise ConfigError("interpolation.bn_stats",
+                              f"unknown value {self.bn_stats!r}; valid: {', '.join(self.BN_STATS)}")
+        unknown = [o for o in self.others_at if o not in self.OTHERS_AT]
+        if unknown or len(set(self.others_at)) != len(self.others_at):
+            raise ConfigError("interpolation.others_at",
+                              f"got {list(self.others_at)}; use distinct values of {', '.join(self.OTHERS_AT)}")
+        if self.monotone_tol < 0:
+            raise ConfigError("interpolation.monotone_tol", f"must be >= 0, got {self.monotone_tol!r}")
+        check_group_specs(self.groups, "interpolation.groups")
+
+
+def alpha_grid(points: int, extend: float = 0.0) -> list[float]:
+    """`points` alphas spanning [0, 1] exactly, plus the same spacing up to `extend` beyond."""
+    steps = points - 1
+    beyond = int(np.floor(extend * steps + 1e-9))
+    return [i / steps for i in range(-beyond, steps + beyond + 1)]
+
+
+def path_state(init: State, final: State, alpha: float, moving: set[str], base: State) -> State:
+    """The state with the `moving` entries at (1 - alpha) init + alpha final and every other
+    entry copied from `base` (bit for bit). Integer entries (BatchNorm's batch counter)
+    never move."""
+    state = {}
+    for key, value in base.items():
+        if key in moving and value.is_floating_point():
+            state[key] = (1 - alpha) * init[key] + alpha * final[key]
+        else:
+            state[key] = value.clone()
+    return state
+
+
+@dataclass(frozen=True)
+class PathShape:
+    """Scalars of one loss curve, from its points with alpha in [0, 1]."""
+
+    monotone: bool
+    max_bump: float  # max over alpha of L(alpha) minus the lowest loss before it (>= 0)
+    barrier: float  # max over alpha of L(alpha) minus the chord (1-a) L(0) + a L(1) (>= 0)
+    argmax_alpha: float  # alpha of the highest loss
+
+    @classmethod
+    def of(cls, alphas: list[float], losses: list[float], tol: float) -> PathShape:
+        inside = [(a, loss) for a, loss in zip(alphas, losses) if 0.0 <= a <= 1.0]
+        a = np.array([p[0] for p in inside])
+        loss = np.array([p[1] for p in inside])
+        running_min = np.minimum.accumulate(loss)
+        bump = float(np.max(loss[1:] - running_min[:-1], initial=0.0))
+        chord = (1 - a) * loss[0] + a * loss[-1]
+        return cls(bump <= tol, bump, float(np.max(loss - chord)), float(a[np.argmax(loss)]))
+
+    def columns(self) -> dict[str, Any]:
+        return {"monotone": self.monotone, "max_bump": self.max_bump, "barrier": self.barrier,
+                "argmax_alpha": self.argmax_alpha}
+
+
+class PathEvaluator:
+    """Loads states into a working model and evaluates them on the fixed subsets."""
+
+    def __init__(self, model: nn.Module, sets: EvalSets, recompute_bn: bool) -> None:
+        self.model, self.sets, self.recompute_bn = model, sets, recompute_bn
+
+    def __call__(self, state: State) -> dict[str, tuple[float, float]]:
+        self.model.load_state_dict(state)
+        if self.recompute_bn:
+            chunk = self.sets.chunk
+            x = self.sets.x_train
+            update_bn([x[i : i + chunk] for i in range(0, len(x), chunk)], self.model)
+        return self.sets.evaluate(self.model)
+
+    def curve(self, kind: str, group: str, alphas: list[float], states, tol: float) -> list[dict[str, Any]]:
+        """Rows of one path (both splits), each carrying its curve's shape scalars."""
+        results = [self(state) for state in states]
+        rows = []
+        for split in ("train", "test"):
+            losses = [r[split][0] for r in results]
+            shape = PathShape.of(alphas, losses, tol)
+            rows += [curve_row(kind, group, split, a, r[split][0], r[split][1], **shape.columns())
+                     for a, r in zip(alphas, results)]
+        return rows
+
+
+def _shape_scalars(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shape columns of a curve's first row per split, as `<split>_<name>` scalars."""
+    scalars = {}
+    for split in ("train", "test"):
+        first = next(r for r in rows if r["split"] == split)
+        scalars.update({f"{split}_{k}": first[k] for k in PathShape.__dataclass_fields__})
+    return scalars
+
+
+@METRICS.register("interpolation", options=InterpolationOptions)
+def measure(model: nn.Module, options: InterpolationOptions, context: MetricContext) -> Measurement:
+    """Full and layer-wise interpolation curves between theta_0 and theta_T."""
+    groups = parameter_groups(model, options.groups, "interpolation.groups")
+    init = context.init_state
+    final = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sets = EvalSets.from_splits(context.splits, options.eval_samples, options.eval_seed,
+                                context.cfg.measure.eval_batch_size)
+    evaluator = PathEvaluator(context.new_model(), sets, options.bn_stats == "recompute")
+    tol = options.monotone_tol
+
+    alphas = alpha_grid(options.points, options.extend)
+    everything = set(final)
+    curves = evaluator.curve("interp_full", "all", alphas,
+                             (path_state(init, final, a, everything, final) for a in alphas), tol)
+    scalars = _shape_scalars(curves)
+
+    group_alphas = alpha_grid(options.group_points)
+    worst: tuple[float, str] = (-np.inf, "")  # the most sensitive group, others at theta_T
+    for others in options.others_at:
+        base = final if others == "final" else init
+        for name, members in groups.items():
+            moving = state_keys(model, members)
+            rows = evaluator.curve(InterpolationOptions.OTHERS_AT[others], name, group_alphas,
+                                   (path_state(init, final, a, moving, base) for a in group_alphas), tol)
+            curves += rows
+            if others == "final":
+                worst = max(worst, (_shape_scalars(rows)["train_barrier"], name))
+    if worst[1]:
+        scalars["group_max_train_barrier"], scalars["group_max_train_barrier_name"] = worst
+    return Measurement(scalars, curves)

@@ -1,0 +1,53 @@
+"""Stochastic weight averaging (Izmailov et al. 2018) with `torch.optim.swa_utils`.
+
+The equal-weight average of the weights at the end of every epoch from the start epoch
+(the lr is switched to the SWA lr by `workers.optim.lr_factor`); at the end of training
+the model takes the averaged weights and one pass over the training data recomputes its
+BatchNorm statistics (`update_bn`). With late-phase weights the average is taken over
+the model with all its members, before they are collapsed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, update_bn
+
+from workers.train import Hook
+
+
+class Swa(Hook):
+    """Averages `model` at the end of epochs start, start+1, ... (1-based)."""
+
+    def __init__(self, model: nn.Module, start: int, batch_size: int) -> None:
+        assert start >= 1
+        self.model, self.start, self.batch_size = model, start, batch_size
+        self.averaged: AveragedModel | None = None  # created at the first average
+
+    def end_epoch(self, epoch: int) -> None:
+        if epoch + 1 < self.start:
+            return
+        if self.averaged is None:
+            self.averaged = AveragedModel(self.model)
+        self.averaged.update_parameters(self.model)
+
+    @torch.no_grad()
+    def finish(self, x: torch.Tensor) -> dict[str, Any]:
+        """Put the averaged weights into the model and recompute BatchNorm statistics on
+        the training inputs, in training-size batches."""
+        assert self.averaged is not None, "SWA finished before its start epoch"
+        for own, mean in zip(self.model.parameters(), self.averaged.module.parameters()):
+            own.copy_(mean)
+        batches = [x[i : i + self.batch_size] for i in range(0, len(x) - self.batch_size + 1, self.batch_size)]
+        update_bn(batches, self.model)
+        return {"swa_n_averaged": self.averaged.n_averaged.clone()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"averaged": None if self.averaged is None else self.averaged.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["averaged"] is not None:
+            self.averaged = AveragedModel(self.model)
+            self.averaged.load_state_dict(state["averaged"])
