@@ -25,7 +25,7 @@ TABLES = ("trials", "history", "measures", "curves", "pairs", "failures")
 
 # Columns that identify a row or describe provenance rather than configuration.
 NOT_CONFIG = {
-    "sweep", "trial_key", "cell_key", "status", "error", "metric", "settings", "host", "device",
+    "sweep", "trial_key", "cell_key", "status", "error", "metric", "settings", "host", "node_id", "pid", "device",
     "python_version", "torch_version", "numpy_version", "pyarrow_version", "code_version",
     "schema_version", "written_at",
 }
@@ -55,6 +55,14 @@ class Sweep:
                    if c not in NOT_CONFIG and c != "seed" and self.trials[c].map(repr).nunique() > 1]
         return [c for c in varying if not pd.api.types.is_float_dtype(self.trials[c])
                 or c in ("lr", "weight_decay", "label_noise", "data_fraction")]
+
+
+def status_counts(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per group of `keys`: `models` (all rows), `ok` and `diverged` counts (vectorised:
+    a per-group Python function costs seconds at ten thousand cells)."""
+    flags = pd.DataFrame({"models": 1, "ok": trials["status"] == "ok",
+                          "diverged": trials["status"] == "diverged"}, index=trials.index)
+    return flags.groupby([trials[k] for k in keys], dropna=False).sum().astype(int)
 
 
 def read_table(storage: Storage, table: str, skipped: list[str]) -> pd.DataFrame:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.load import Sweep
+from analysis.load import Sweep, status_counts
 from workers.errors import ConfigError
 
 MODEL_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "hessian_top_eigenvalue", "hessian_trace")
@@ -97,12 +97,7 @@ def cell_metrics(sweep: Sweep, axes: list[str], fixed: dict[str, str] | None = N
     missing = [a for a in axes if trials.empty or a not in trials.columns]
     if missing:
         raise ConfigError(missing[0], f"not a column of the trials table; valid axes: {', '.join(sweep.axes())}")
-    grouped = trials.groupby(axes, dropna=False)
-    table = pd.DataFrame({
-        "models": grouped.size(),
-        "ok": grouped["status"].apply(lambda s: int((s == "ok").sum())),
-        "diverged": grouped["status"].apply(lambda s: int((s == "diverged").sum())),
-    })
+    table = status_counts(trials, axes)
     ok = trials[trials["status"] == "ok"]
     for metric in MODEL_METRICS:
         if metric in ok.columns:

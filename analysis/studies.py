@@ -26,7 +26,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analysis.load import Sweep, load_sweep
+from analysis.load import Sweep, load_sweep, status_counts
 from workers.errors import ConfigError
 from workers.storage import is_uri
 
@@ -95,9 +95,7 @@ def variant_cells(sweep: Sweep) -> pd.DataFrame:
     grid = [g for g in GRID if g in trials.columns]
     keys = ["variant", *grid]
     ok = trials[trials["status"] == "ok"]
-    grouped = trials.groupby(keys)
-    cells = pd.DataFrame({"models": grouped.size(),
-                          "diverged": grouped["status"].apply(lambda s: int((s == "diverged").sum()))})
+    cells = status_counts(trials, keys)[["models", "diverged"]]
     stats = ok.groupby(keys)[["test_acc", "train_loss"]].mean()
     cells = cells.join(stats).reset_index()
     phases = _phases(sweep, grid)
@@ -338,8 +336,8 @@ REPORTS: dict[str, Callable[[Sweep, str], dict[str, str]]] = {
 def default_out(path: str) -> str:
     """`<sweep>/report` for a local sweep (a folder pyarrow's table discovery ignores),
     `./report-<name>` for a URI."""
-    if is_uri(path):
-        return f"report-{path.rstrip('/').rsplit('/', 1)[-1]}"
+    if is_uri(path):  # s3://bucket/prefix/name?endpoint_override=... -> report-name
+        return f"report-{path.partition('?')[0].rstrip('/').rsplit('/', 1)[-1]}"
     return os.path.join(path, "report")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.load import Sweep
+from analysis.load import Sweep, status_counts
 
 OUTCOMES = ("train_loss", "train_acc", "test_acc")
 
@@ -17,8 +17,7 @@ def cell_table(sweep: Sweep, metrics: tuple[str, ...] = OUTCOMES) -> pd.DataFram
     axes = sweep.axes()
     ok = trials["status"] == "ok"
     keys = axes or ["cell_key"]
-    grouped = trials.groupby(keys, dropna=False)
-    table = pd.DataFrame({"seeds": grouped.size(), "diverged": grouped["status"].apply(lambda s: int((s == "diverged").sum()))})
+    table = status_counts(trials, keys)[["models", "diverged"]].rename(columns={"models": "seeds"})
     present = [m for m in metrics if m in trials.columns]
     stats = trials[ok].groupby(keys, dropna=False)[present].agg(["mean", "std"])
     stats.columns = [f"{m}_{s}" for m, s in stats.columns]

@@ -134,4 +134,32 @@ def main(study: str, description: str, argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     print(f"done: {summary.ran} trained or measured, {summary.skipped} skipped, "
           f"{summary.failed} failed, {summary.seconds:.1f}s")
+    print_report(study, summary.path, thresholds="paper" if spec.preset == "paper" else "auto")
     return driver.exit_code(summary)
+
+
+def print_report(study: str, path: str, thresholds: str) -> None:
+    """End a sweep with its result: the phase table and diagram, or the study's report.
+
+    `thresholds`: "paper" (calibrated on the published CIFAR-10 grid) for the paper
+    preset; "auto" (split at the sweep's own metric distribution) elsewhere, since other
+    datasets and budgets put the metrics on other absolute scales.
+    """
+    from analysis.studies import default_out, write_study_report
+
+    if study != "taxonomy":
+        written = write_study_report(path, study=study)
+        print(f"report: {written['summary']}")
+        return
+    from analysis import load_sweep
+    from analysis.report import ReportOptions, phase_grid, write_report
+    from analysis.summary import cell_table, format_cells
+
+    sweep = load_sweep(path)
+    if len(sweep.axes()) < 2:  # a phase diagram needs two axes; show the cells instead
+        print(format_cells(cell_table(sweep)))
+        return
+    report = write_report(path, default_out(path), ReportOptions(thresholds=thresholds))
+    print(f"phases ({thresholds} thresholds; {report.y} down, {report.x} across; ? = near a threshold):")
+    print(phase_grid(report.cells, report.x, report.y).to_string())
+    print(f"phase diagram: {report.files['phase_diagram']}\nreport: {report.files['summary']}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import time
@@ -75,6 +76,7 @@ def write_spec(storage: Storage, spec: SweepSpec, version: str) -> None:
 
 @dataclass
 class RunSummary:
+    path: str  # the sweep folder (local path or URI)
     total: int  # models in the grid
     skipped: int  # models (with all their metrics) already recorded
     ran: int  # trials and pairs run now
@@ -114,7 +116,7 @@ def run(
             failed = _run_with_tune(_jobs(todo, pairs, context), configs, todo, context, options,
                                     storage, axes, log)
     ran = len(todo) + len(pairs)
-    return RunSummary(len(configs), len(configs) - len(todo), ran - failed, failed,
+    return RunSummary(storage.uri, len(configs), len(configs) - len(todo), ran - failed, failed,
                       time.perf_counter() - start)
 
 
@@ -251,6 +253,9 @@ def run_jobs(
 
     if not ray.is_initialized():
         ray.init(address=options.address, include_dashboard=False, logging_level="WARNING")
+    # Tune's result grid looks for the per-trial logs turned off below and warns once per
+    # trial; the Parquet records are what we read, so that warning is noise.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     cpus, gpus = options.cpus_per_trial, options.gpus_per_trial
     function = tune.with_resources(trainable or tune_job,
                                    lambda config: {"cpu": cpus, "gpu": job_gpus(config, gpus)})

@@ -29,6 +29,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "schedule": "step",
             "milestones": [9],
             "lr_factor": 0.1,
+            "metrics": ["hessian", "interpolation"],
+            "measure_pairs": True,
         },
         "paper": {
             "dataset": "cifar10",
@@ -43,6 +45,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "schedule": "step",
             "milestones": [75],
             "lr_factor": 0.1,
+            "metrics": ["hessian", "interpolation"],
+            "measure_pairs": True,
+            # The paper's curve fit (specs/taxonomy.md): 50 epochs at lr 0.01, batch 128.
+            "pairs.bezier_epochs": 50,
+            "pairs.bezier_lr": 0.01,
         },
     },
     # Vlaar & Frankle 2022: does the straight line from theta_0 to theta_T say anything

@@ -6,13 +6,13 @@ same device. Rule table for `--gpus-per-trial auto` (first matching row wins):
 
     model       width (k)    GPU per trial   why
     resnet18k   k <= 8       0.25            <= 1/64 of ResNet18's FLOPs; 4 per GPU
-    resnet18k   8 < k <= 32  0.5             1/16 .. 1/4 of ResNet18's FLOPs; 2 per GPU
+    resnet18k   8 < k <= 32  0.5             up to 1/4 of ResNet18's FLOPs; 2 per GPU
     resnet18k   k > 32       1               near a full GPU at batch size 128
     mlp         any          0.25            a few dense layers
     other       any          1               unknown cost: a whole GPU is always safe
 
-ResNet18-k's compute and activation memory grow as k^2 (channels k, 2k, 4k, 8k), so the
-thresholds are about equal-cost steps. Each trial also keeps its dataset on the GPU
+ResNet18-k's compute grows as k^2 and its activation memory as k (channels k, 2k, 4k,
+8k); the thresholds are 16x steps in compute. Each trial also keeps its dataset on the GPU
 (CIFAR-10 as float32: 0.7 GB), so four trials on a 24 GB card leave ample room for
 activations at the paper's largest batch size (1024). A number given instead of `auto`
 overrides the table for every trial of the sweep.

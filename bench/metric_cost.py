@@ -1,0 +1,64 @@
+"""What the landscape metrics cost relative to training, on the demo preset.
+
+    python bench/metric_cost.py [--quick]
+
+Runs demo-preset models in this process (1 thread, the same code a trial runs), then
+reads their records: per model, (Hessian + interpolation time) / training time, target
+<= 0.25; per seed pair, the pair's time (Bezier fit + CKA + L2) / training one model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+TARGET = 0.25
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    import torch
+
+    from analysis import load_sweep
+    from sweeps.driver import RunOptions
+    from sweeps.driver import run as run_sweep
+    from sweeps.presets import preset_values
+    from sweeps.spec import SweepSpec
+
+    torch.set_num_threads(1)
+    values = preset_values("taxonomy", "demo")
+    if quick:
+        values |= {"width": [4, 16], "batch_size": [128]}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = SweepSpec("taxonomy", "demo", "cost", tmp, values)
+        run_sweep(spec, spec.trials(), RunOptions(in_process=True), log=lambda line: None)
+        sweep = load_sweep(str(Path(tmp) / "cost"))
+    trials, pairs = sweep.trials, sweep.pairs
+    metric_s = trials["hessian_time_s"] + trials["interpolation_time_s"]
+    fraction = metric_s / trials["time_train_s"]
+    train_per_cell = trials.groupby("cell_key")["time_train_s"].mean()
+    pair_ratio = pairs["time_total_s"].to_numpy() / train_per_cell.loc[pairs["cell_key"]].to_numpy()
+    figures = {
+        "models": len(trials),
+        "train_s_mean": round(float(trials["time_train_s"].mean()), 2),
+        "hessian_s_mean": round(float(trials["hessian_time_s"].mean()), 2),
+        "interpolation_s_mean": round(float(trials["interpolation_time_s"].mean()), 2),
+        "metric_fraction_mean": round(float(fraction.mean()), 3),
+        "metric_fraction_max": round(float(fraction.max()), 3),
+        "pair_vs_training_mean": round(float(pair_ratio.mean()), 3),
+        "pair_vs_training_max": round(float(pair_ratio.max()), 3),
+    }
+    figures["target_met"] = figures["metric_fraction_max"] <= TARGET
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    for key, value in run(parser.parse_args().quick).items():
+        print(f"{key:>24}: {value}")
+
+
+if __name__ == "__main__":
+    main()

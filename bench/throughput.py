@@ -1,0 +1,92 @@
+"""Training throughput inside a trial vs a bare PyTorch loop on the same model and data.
+
+    python bench/throughput.py [--quick]
+
+Both loops train the same initial model on the same device-resident digits tensors with
+the same batch size and SGD settings, for the same number of epochs; the trial's loop
+(`workers.train.train_epoch` with its `Update`) adds seeded shuffling, statistics
+accumulated on the device and one host sync per epoch. Runs alternate and the median of
+several repeats is reported. Figure: samples/s (trial) / samples/s (bare), target >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+TARGET = 0.95
+
+
+def _setup(width: int):
+    from workers.config import DataConfig
+    from workers.data import prepare
+    from workers.models import build_model
+
+    splits = prepare(DataConfig(dataset="digits"))
+    torch.manual_seed(0)
+    model = build_model("resnet18k", width, (1, 8, 8), 10)
+    return splits, model.state_dict(), model
+
+
+def _bare(model, x, y, batch_size: int, epochs: int) -> float:
+    """The loop a researcher would write: shuffle, slice, forward, backward, step."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(y))
+        for i in range(0, len(y) - batch_size + 1, batch_size):
+            idx = order[i : i + batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return time.perf_counter() - start
+
+
+def _trial(model, x, y, batch_size: int, epochs: int) -> float:
+    from workers.train import Update, train_epoch
+
+    update = Update(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4))
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        train_epoch(model, update, x, y, batch_size, seed=0, epoch=epoch)
+    return time.perf_counter() - start
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    figures: dict[str, Any] = {}
+    repeats, epochs = (3, 1) if quick else (5, 2)
+    for width, batch_size in ((4, 32), (16, 128)):
+        splits, init, model = _setup(width)
+        x, y = splits.x_train, splits.y_train
+        samples = (len(y) // batch_size) * batch_size * epochs
+        times = {"bare": [], "trial": []}
+        for _ in range(repeats):
+            for name, loop in (("bare", _bare), ("trial", _trial)):
+                model.load_state_dict(init)
+                times[name].append(loop(model, x, y, batch_size, epochs))
+        bare, trial = (samples / statistics.median(times[k]) for k in ("bare", "trial"))
+        tag = f"w{width}_b{batch_size}"
+        figures[f"{tag}_bare_samples_per_s"] = round(bare, 1)
+        figures[f"{tag}_trial_samples_per_s"] = round(trial, 1)
+        figures[f"{tag}_ratio"] = round(trial / bare, 3)
+    figures["target_met"] = all(v >= TARGET for k, v in figures.items() if k.endswith("_ratio"))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    for key, value in run(parser.parse_args().quick).items():
+        print(f"{key:>28}: {value}")
+
+
+if __name__ == "__main__":
+    main()
