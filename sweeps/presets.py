@@ -30,6 +30,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "milestones": [9],
             "lr_factor": 0.1,
             "metrics": ["hessian", "interpolation"],
+            "interpolation.groups": ["stage"],  # layer-wise paths: stem, 4 stages, head
+            "interpolation.group_points": 5,  # keeps metrics near a quarter of training time
             "measure_pairs": True,
         },
         "paper": {

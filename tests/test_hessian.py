@@ -24,6 +24,7 @@ from workers.metrics.hessian import (
     measure,
     spectrum,
 )
+from workers.records import to_table
 
 N_SAMPLES = 256
 
@@ -135,13 +136,17 @@ def test_density_is_a_histogram_of_the_spectrum():
     assert mass[0] == pytest.approx(0.5, abs=0.2) and mass[-1] == pytest.approx(0.5, abs=0.2)
 
 
-def test_group_rows_hold_the_hessian_of_each_block(problem):
+def test_group_and_density_rows_share_one_record_file(problem):
     splits, model, _, _, dense, _ = problem
-    options = HessianOptions(n_samples=N_SAMPLES, groups=("3",), trace_probes=0)
-    init = model.state_dict()
-    result = measure(model, options, metric_context(splits, init, small_mlp))
-    (row,) = result.curves
-    assert row["kind"] == "hessian_group" and row["group"] == "3" and row["n_params"] == 12 * 10 + 10
+    options = HessianOptions(n_samples=N_SAMPLES, groups=("3",), trace_probes=0, density_runs=1,
+                             density_steps=8, density_bins=5)
+    result = measure(model, options, metric_context(splits, model.state_dict(), small_mlp))
+    to_table(result.curves)  # one schema for both kinds of row, no None
+    histogram = [r for r in result.curves if r["kind"] == "hessian_density"]
+    assert len(histogram) == 5 and sum(r["mass"] for r in histogram) == pytest.approx(1.0)
+    assert result.scalars["density_hvps"] == 8
+    (row,) = [r for r in result.curves if r["kind"] == "hessian_group"]
+    assert row["group"] == "3" and row["n_params"] == 12 * 10 + 10
     head = slice(dense.shape[0] - 130, dense.shape[0])  # the last Linear's weight and bias
     block_top = torch.linalg.eigvalsh(dense[head, head].double())[-1].item()
     assert relative(row["top_eigenvalue"], block_top) < 1e-3

@@ -26,6 +26,11 @@ def test_four_trial_sweep_then_rerun_runs_nothing(ray_session, sweep_dir, capsys
     assert "4 to run" in out and out.count("[") >= 4  # one progress line per trial
     trials = pd.read_parquet(sweep_dir / "four" / "trials")
     assert len(trials) == 4 and set(trials["status"]) == {"ok"}
+    import duckdb  # the README's query, across one file per trial
+
+    per_width = duckdb.sql(f"SELECT width, count(*) AS n FROM '{sweep_dir}/four/trials/*.parquet' "
+                           "WHERE status = 'ok' GROUP BY width ORDER BY width").fetchall()
+    assert per_width == [(2, 2), (4, 2)]
     assert sorted(zip(trials["width"], trials["seed"])) == [(2, 0), (2, 1), (4, 0), (4, 1)]
     files = sorted(p.name for p in (sweep_dir / "four").rglob("*.parquet"))
     mtimes = {p: p.stat().st_mtime_ns for p in (sweep_dir / "four").rglob("*.parquet")}

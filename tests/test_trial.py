@@ -81,3 +81,12 @@ def test_listing_skips_temp_files(tmp_path):
     (tmp_path / "trials" / ".b.parquet.123.tmp").write_bytes(b"partial")
     (tmp_path / "trials" / "_c.parquet").write_bytes(b"partial")
     assert storage.list_names("trials", ".parquet") == ["a"]
+
+
+def test_empty_lists_keep_their_item_type_so_files_of_a_table_agree():
+    from workers.records import to_table
+
+    schema = to_table([{"milestones": [], "metrics": [], "hessian_groups": []}]).schema
+    assert str(schema.field("milestones").type) == "list<item: int64>"
+    assert str(schema.field("metrics").type) == "list<item: string>"
+    assert str(schema.field("hessian_groups").type) == "list<item: string>"

@@ -324,6 +324,13 @@ def _schema() -> dict[str, tuple[str, str, Any]]:
     return _SCHEMA[len(SECTIONS)]
 
 
+def list_item_types() -> dict[str, type]:
+    """Record column -> item type of every list-valued key (e.g. milestones -> int), so an
+    empty list is still written with its item type."""
+    return {key.replace(".", "_"): typing.get_args(annotation)[0]
+            for key, (_, _, annotation) in _schema().items() if typing.get_origin(annotation) is tuple}
+
+
 def all_keys() -> list[str]:
     return sorted(_schema())
 

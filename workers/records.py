@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from workers.config import SCHEMA_VERSION, TrialConfig
+from workers.config import SCHEMA_VERSION, TrialConfig, list_item_types
 
 
 def provenance(device: str, code_version: str) -> dict[str, Any]:
@@ -63,4 +63,13 @@ def to_table(rows: list[dict[str, Any]]) -> pa.Table:
     for row in rows:
         nulls = [k for k, v in row.items() if v is None]
         assert not nulls, f"record columns must not be None (use NaN or ''): {nulls}"
-    return pa.Table.from_pylist(rows)
+    table = pa.Table.from_pylist(rows)
+    items = list_item_types()
+    for i, column in enumerate(table.schema):
+        if pa.types.is_list(column.type) and pa.types.is_null(column.type.value_type):
+            item = _ARROW_ITEMS[items.get(column.name, str)]  # an empty list: type it
+            table = table.set_column(i, column.name, table.column(i).cast(pa.list_(item)))
+    return table
+
+
+_ARROW_ITEMS = {int: pa.int64(), float: pa.float64(), str: pa.string()}

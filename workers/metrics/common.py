@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,13 +19,13 @@ from torch import nn
 from workers.errors import ConfigError
 from workers.train import evaluate
 
+if TYPE_CHECKING:
+    from workers.data import Splits
+
 NAN = float("nan")
 
 # Group keywords: automatic partitions of a model's parameters (see `parameter_groups`).
 GROUPINGS = ("module", "stage", "block")
-
-# Columns every curve row has; metrics add their own (e.g. `trace`, `barrier`).
-CURVE_COLUMNS = ("kind", "group", "split", "t", "t2", "loss", "accuracy")
 
 
 # ---------------------------------------------------------------- data subsets
@@ -55,7 +55,7 @@ class EvalSets:
     chunk: int  # samples per forward pass
 
     @classmethod
-    def from_splits(cls, splits: Any, size: int, seed: int, chunk: int) -> EvalSets:
+    def from_splits(cls, splits: Splits, size: int, seed: int, chunk: int) -> EvalSets:
         return cls(*fixed_subset(splits.x_train, splits.y_train, size, seed),
                    *fixed_subset(splits.x_test, splits.y_test, size, seed), chunk)
 
@@ -161,7 +161,8 @@ def state_keys(model: nn.Module, parameter_names: list[str]) -> set[str]:
 
 def curve_row(kind: str, group: str, split: str, t: float, loss: float = NAN, accuracy: float = NAN,
               t2: float = NAN, **extra: Any) -> dict[str, Any]:
-    """One row of the long-format `curves` table (missing numbers are NaN, never None)."""
+    """One row of the long-format `curves` table: these columns in every row (missing
+    numbers NaN, never None), plus the metric's own (e.g. `trace`, `barrier`)."""
     return {"kind": kind, "group": group, "split": split, "t": float(t), "t2": float(t2),
             "loss": float(loss), "accuracy": float(accuracy), **extra}
 

@@ -1,0 +1,74 @@
+"""Run every benchmark of the project, print one table, write bench/results.json.
+
+    python bench/run.py [--quick]
+
+Each benchmark runs in its own Python process (its own Ray session and thread
+settings) through its `run(quick) -> dict` function; every figure it reports is a ratio
+against a baseline measured in the same run, or an absolute figure next to its target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHES = ("throughput", "metric_cost", "hessian", "orchestration", "scale")
+
+
+def run_one(name: str, quick: bool) -> dict[str, Any]:
+    code = f"import json; from bench.{name} import run; print('@@' + json.dumps(run(quick={quick})))"
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed",
+                "wall_s": round(time.perf_counter() - start, 1)}
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("@@"))
+    return {**json.loads(line[2:]), "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def flatten(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows = []
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            rows += flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller grids and fewer repeats (< 10 min)")
+    parser.add_argument("--only", nargs="*", choices=BENCHES, help="run only these benchmarks")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"machine": machine(), "quick": args.quick,
+                               "date": time.strftime("%Y-%m-%d %H:%M")}
+    for name in args.only or BENCHES:
+        print(f"running {name} ...", flush=True)
+        results[name] = run_one(name, args.quick)
+    print("\n| benchmark | figure | value |\n|---|---|---|")
+    for name in args.only or BENCHES:
+        for key, value in flatten(results[name]):
+            print(f"| {name} | {key} | {value} |")
+    path = ROOT / "bench" / "results.json"
+    if args.only and path.exists():  # a partial run updates the figures it measured
+        results = {**json.loads(path.read_text()), **results}
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nmachine: {results['machine']}; written to bench/results.json")
+
+
+if __name__ == "__main__":
+    main()
