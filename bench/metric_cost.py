@@ -9,7 +9,6 @@ reads their records: per model, (Hessian + interpolation time) / training time, 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -53,12 +52,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    for key, value in run(parser.parse_args().quick).items():
-        print(f"{key:>24}: {value}")
-
-
 if __name__ == "__main__":
-    main()
+    from bench import main
+
+    main(run, __doc__)

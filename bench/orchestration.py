@@ -15,7 +15,6 @@ started beforehand (its start-up, a one-off per sweep, is reported on its own). 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -76,12 +75,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    for key, value in run(parser.parse_args().quick).items():
-        print(f"{key:>24}: {value}")
-
-
 if __name__ == "__main__":
-    main()
+    from bench import main
+
+    main(run, __doc__)

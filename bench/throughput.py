@@ -11,7 +11,6 @@ several repeats is reported. Figure: samples/s (trial) / samples/s (bare), targe
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from typing import Any
@@ -81,12 +80,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    for key, value in run(parser.parse_args().quick).items():
-        print(f"{key:>28}: {value}")
-
-
 if __name__ == "__main__":
-    main()
+    from bench import main
+
+    main(run, __doc__)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -36,3 +39,19 @@ def ray_session():
 @pytest.fixture
 def tiny() -> dict[str, Any]:
     return dict(TINY)
+
+
+@pytest.fixture
+def kill_trial_at():
+    """Run a trial in a child process that SIGKILLs itself after `epoch` (the fault
+    switch of `workers.trial`); returns the child's exit code (-SIGKILL when it fired)."""
+
+    def run(flat: dict[str, Any], storage: str, trial_key: str, epoch: int) -> int:
+        script = ("import sys, json; from workers.config import TrialConfig; "
+                  "from workers.trial import RunContext, run_trial; "
+                  "run_trial(TrialConfig.from_flat(json.loads(sys.argv[1])), "
+                  "RunContext(storage=sys.argv[2], sweep='test', threads=1))")
+        env = {**os.environ, "LANDSCAPE_FAULT_KILL": f"{trial_key}:{epoch}"}
+        return subprocess.run([sys.executable, "-c", script, json.dumps(flat), storage], env=env).returncode
+
+    return run

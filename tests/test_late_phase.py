@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -200,18 +196,13 @@ def test_a_model_without_batchnorm_gets_members_for_its_head_only(tiny, tmp_path
     assert sorted(members) == [f"5.members.{k}.{p}" for k in range(3) for p in ("bias", "weight")]
 
 
-def test_resume_inside_the_late_phase_continues_exactly(tiny, tmp_path):
+def test_resume_inside_the_late_phase_continues_exactly(tiny, tmp_path, kill_trial_at):
     """A trial killed after epoch 3 (members exist since epoch 1) and rerun resumes from
     its `last` checkpoint and ends exactly like an uninterrupted run."""
     flat = {**tiny, "epochs": 4, "milestones": [3], "late_phase.k": 3, "late_phase.t0": 1}
     cfg = TrialConfig.from_flat(flat)
     whole = run_trial(cfg, ctx(tmp_path / "whole"))
-    script = ("import sys, json; from workers.config import TrialConfig; from workers.trial import RunContext, "
-              "run_trial; run_trial(TrialConfig.from_flat(json.loads(sys.argv[1])), "
-              "RunContext(storage=sys.argv[2], sweep='test', threads=1))")
-    env = {**os.environ, "LANDSCAPE_FAULT_KILL": f"{cfg.trial_key}:3"}
-    killed = subprocess.run([sys.executable, "-c", script, json.dumps(flat), str(tmp_path / "cut")], env=env)
-    assert killed.returncode == -signal.SIGKILL
+    assert kill_trial_at(flat, str(tmp_path / "cut"), cfg.trial_key, 3) == -signal.SIGKILL
     last = checkpoints.load(Storage.open(str(tmp_path / "cut")), cfg.trial_key, "last")
     assert last["epoch"] == 3 and len(last["hooks"][0]["members"]) == 3  # every member's optimizer
     resumed = run_trial(cfg, ctx(tmp_path / "cut"))

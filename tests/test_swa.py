@@ -3,11 +3,7 @@ and with late-phase weights, resume, bad input."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -69,19 +65,14 @@ def test_a_swa_trial_switches_the_lr_and_evaluates_the_average(tiny, tmp_path):
     assert run_trial(plain, ctx(tmp_path))["test_loss"] != row["test_loss"]
 
 
-def test_swa_with_late_phase_weights_resumes_exactly(tiny, tmp_path):
+def test_swa_with_late_phase_weights_resumes_exactly(tiny, tmp_path, kill_trial_at):
     """Killed after epoch 3 (members from epoch 1, averaging from epoch 2), then rerun."""
     flat = {**tiny, "epochs": 4, "milestones": [4], "late_phase.k": 2, "late_phase.t0": 1, "swa.start": 2}
     cfg = TrialConfig.from_flat(flat)
     whole = run_trial(cfg, ctx(tmp_path / "whole"))
     final = checkpoints.load(Storage.open(str(tmp_path / "whole")), cfg.trial_key, "final")
     assert int(final["swa_n_averaged"]) == 3 and "late_phase_members" in final
-    script = ("import sys, json; from workers.config import TrialConfig; from workers.trial import RunContext, "
-              "run_trial; run_trial(TrialConfig.from_flat(json.loads(sys.argv[1])), "
-              "RunContext(storage=sys.argv[2], sweep='test', threads=1))")
-    env = {**os.environ, "LANDSCAPE_FAULT_KILL": f"{cfg.trial_key}:3"}
-    killed = subprocess.run([sys.executable, "-c", script, json.dumps(flat), str(tmp_path / "cut")], env=env)
-    assert killed.returncode == -signal.SIGKILL
+    assert kill_trial_at(flat, str(tmp_path / "cut"), cfg.trial_key, 3) == -signal.SIGKILL
     resumed = run_trial(cfg, ctx(tmp_path / "cut"))
     assert resumed["resumed_from_epoch"] == 3
     assert resumed["test_loss"] == whole["test_loss"] and resumed["train_loss"] == whole["train_loss"]

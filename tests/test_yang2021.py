@@ -17,8 +17,7 @@ from analysis.__main__ import main
 from analysis.yang2021 import ArchiveError, import_archive
 from workers import safe_pickle
 
-ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "yang2021" / "results.tar.gz"
-needs_archive = pytest.mark.skipif(not ARCHIVE.exists(), reason=f"{ARCHIVE} not present")
+ARCHIVE = Path(__file__).resolve().parent / "data" / "yang2021_results.tar.gz"  # the published archive
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,6 @@ def imported(tmp_path_factory) -> Path:
     return out
 
 
-@needs_archive
 def test_importer_loads_all_210_cells_and_their_pairs(imported):
     sweep = load_sweep(str(imported))
     assert sweep.axes() == ["width", "batch_size"]
@@ -61,7 +59,6 @@ def test_importer_loads_all_210_cells_and_their_pairs(imported):
     assert pairs.loc[pairs["cka_softmax"].isna(), "width"].eq(1).all()
 
 
-@needs_archive
 def test_report_on_the_imported_data(imported, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", str(imported), "--out", str(out)]) == 0
