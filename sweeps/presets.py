@@ -49,6 +49,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "lr_factor": 0.1,
             "metrics": ["hessian", "interpolation"],
             "measure_pairs": True,
+            "hessian.n_samples": 1000,  # the paper used one batch of 200; a GPU affords more
             # The paper's curve fit (specs/taxonomy.md): 50 epochs at lr 0.01, batch 128.
             "pairs.bezier_epochs": 50,
             "pairs.bezier_lr": 0.01,
@@ -76,6 +77,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "milestones": [6],
             "lr_factor": 0.1,
             "metrics": ["interpolation"],
+            "interpolation.groups": ["stage"],  # one layer-wise path per stage (Vlaar & Frankle)
+            "interpolation.others_at": ["final", "init"],  # and the mirror paths
         },
         "paper": {
             "dataset": "cifar10",
@@ -96,6 +99,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "milestones": [33, 66],
             "lr_factor": 0.1,
             "metrics": ["interpolation"],
+            "interpolation.groups": ["stage"],  # one layer-wise path per stage (Vlaar & Frankle)
+            "interpolation.others_at": ["final", "init"],  # and the mirror paths
         },
     },
     # SGD vs Adam vs ALI-G, each alone, with late-phase weights, with SWA and with both,

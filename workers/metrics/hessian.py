@@ -25,9 +25,10 @@ processed in chunks, so memory is that of one chunk's double-backward graph.
 
 Defaults are sized for the cost budget of a sweep (Hessian + interpolation at most about
 a quarter of the training): 256 samples, Lanczos to residual 1e-2 (3-9 HVPs on the demo
-models), 4 trace probes. Measured on the taxonomy demo preset (resnet18k widths 2-16 on
-digits, 12 epochs, 1 CPU thread), both metrics together cost 8-22% of the training time at
-batch 32 and 28-35% at batch 128 (training is cheapest there), 24% on average. 256 samples
+models), 4 trace probes. Measured on the taxonomy demo models (resnet18k widths 2-16 on
+digits, 12 epochs, 1 CPU thread), both metrics with their defaults (no layer-wise paths)
+cost 8-25% of the training time at batch 32 and 26-40% at batch 128 (where training is
+cheapest), 24% on average; the Hessian's share is 15-23% at batch 128. 256 samples
 fit one chunk, so the gradient graph is built once and reused by every HVP; paper-scale
 runs on a GPU can raise `hessian.n_samples` (e.g. 1000) and `hessian.chunk_size`.
 """

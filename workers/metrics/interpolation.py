@@ -17,7 +17,7 @@ points reproduce theta_0 and theta_T exactly) or recomputed on the training subs
 every point (`bn_stats`); the choice changes the curve and is part of the record.
 
 Defaults are sized for the sweep's cost budget (see `workers.metrics.hessian`): the full
-path on 21 points and 256 samples per split costs 3-14% of a demo model's training. The
+path on 21 points and 256 samples per split costs 3-16% of a demo model's training. The
 layer-wise paths are off by default (each group costs `group_points / points` of the full
 path, per `others_at` value); `interpolation.groups=stage` turns them on.
 """
