@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from tests.test_interpolation import fit_full_batch, metric_context
+from tests.helpers import fit_full_batch, metric_context
 from workers.config import DataConfig, TrialConfig
 from workers.data import prepare
 from workers.errors import ConfigError

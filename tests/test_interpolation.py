@@ -9,12 +9,11 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from tests.helpers import fit_full_batch, metric_context
 from workers.config import DataConfig, TrialConfig
 from workers.data import Splits, prepare
 from workers.errors import ConfigError
-from workers.metrics import MetricContext
 from workers.metrics.common import fixed_subset, parameter_groups, state_keys
 from workers.metrics.interpolation import (
     InterpolationOptions,
@@ -31,24 +30,6 @@ from workers.trial import RunContext, run_trial
 @pytest.fixture(scope="module")
 def digits() -> Splits:
     return prepare(DataConfig(dataset="digits"))
-
-
-def fit_full_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
-                   weight_decay: float = 0.0) -> nn.Module:
-    """Plain full-batch gradient descent: a reproducible trained model for metric tests."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
-    model.train()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    return model.eval()
-
-
-def metric_context(splits: Splits, init_state: dict, new_model) -> MetricContext:
-    """What `workers.trial` hands a metric, for a model built outside the registry."""
-    return MetricContext(cfg=TrialConfig.from_flat({}), splits=splits, init_state=init_state,
-                         new_model=new_model, device="cpu")
 
 
 def resnet(seed: int = 0) -> nn.Module:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.test_interpolation import fit_full_batch, metric_context
+from tests.helpers import fit_full_batch, metric_context
 from workers.config import DataConfig, TrialConfig
 from workers.data import prepare
 from workers.errors import ConfigError
