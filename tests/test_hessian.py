@@ -40,6 +40,13 @@ def problem():
     splits = prepare(DataConfig(dataset="digits"))
     x, y = fixed_subset(splits.x_train, splits.y_train, N_SAMPLES, seed=0)  # what `measure` uses
     model = fit_full_batch(small_mlp(), x, y, steps=200, lr=0.5)
+    dense = dense_hessian(model, x, y)
+    return splits, model, x, y, dense, torch.linalg.eigvalsh(dense.double())
+
+
+def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The exact Hessian of the mean cross-entropy w.r.t. all parameters, flattened in
+    parameter order, by `torch.func.hessian` on the model's own forward."""
     names = [n for n, _ in model.named_parameters()]
     params = [p.detach() for p in model.parameters()]
 
@@ -48,8 +55,7 @@ def problem():
         weights = {n: c.view_as(p) for n, c, p in zip(names, parts, params)}
         return F.cross_entropy(functional_call(model, weights, (x,)), y)
 
-    dense = torch.func.hessian(loss)(torch.cat([p.reshape(-1) for p in params]))
-    return splits, model, x, y, dense, torch.linalg.eigvalsh(dense.double())
+    return torch.func.hessian(loss)(torch.cat([p.reshape(-1) for p in params]))
 
 
 def relative(a: float, b: float) -> float:
@@ -63,6 +69,21 @@ def test_products_match_the_dense_hessian_with_one_or_many_chunks(problem):
     for chunk in (N_SAMPLES, 100):  # retained graph / rebuilt per chunk (bounded memory)
         got = HessianOperator(model, list(model.parameters()), x, y, chunk)(v)
         assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), chunk
+
+
+def test_products_through_batchnorm_match_the_dense_hessian_of_the_unchanged_model(problem):
+    """HVPs run eval-mode BatchNorm as an explicit affine map (cheaper to differentiate
+    twice); the dense Hessian here goes through `batch_norm` itself."""
+    splits, _, x, y, _, _ = problem
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 10))
+    model = fit_full_batch(model, x.view(-1, 1, 8, 8), y, steps=20, lr=0.1)  # non-trivial running stats
+    images = x.view(-1, 1, 8, 8)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(0))
+    expected = dense_hessian(model, images, y) @ v
+    got = HessianOperator(model, list(model.parameters()), images, y, N_SAMPLES)(v)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert all("forward" not in vars(m) for m in model.modules())  # the model's own forward is back
 
 
 def test_top_eigenvalues_match_the_exact_dense_hessian(problem):

@@ -36,8 +36,10 @@ runs on a GPU can raise `hessian.n_samples` (e.g. 1000) and `hessian.chunk_size`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import numpy as np
@@ -104,6 +106,39 @@ class HessianOptions(Section):
 # ---------------------------------------------------------------- Hessian-vector products
 
 
+def _affine_batchnorm_forward(norm: nn.modules.batchnorm._NormBase, x: torch.Tensor) -> torch.Tensor:
+    """Eval-mode BatchNorm written as the affine map it is: x * scale + shift, per channel."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    shift = -norm.running_mean * scale
+    if norm.weight is not None:
+        scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
+    shape = (1, -1) + (1,) * (x.dim() - 2)  # broadcast over (N, C, ...)
+    return x * scale.view(shape) + shift.view(shape)
+
+
+_PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)  # not subclasses: their forward may differ
+
+
+@contextmanager
+def affine_batchnorm(model: nn.Module) -> Iterator[None]:
+    """Run eval-mode BatchNorm layers as explicit products and sums while inside.
+
+    The function and all its derivatives are unchanged, but autograd differentiates a
+    product twice cheaply, while the double backward of `batch_norm` (written for training
+    mode, where the batch statistics depend on the input) costs about a sixth of an HVP in
+    a ResNet on the CPU. Layers without running statistics keep their own forward.
+    """
+    patched = [m for m in model.modules() if type(m) in _PLAIN_BATCHNORMS
+               and not m.training and m.running_var is not None]
+    for norm in patched:
+        norm.forward = partial(_affine_batchnorm_forward, norm)
+    try:
+        yield
+    finally:
+        for norm in patched:
+            del norm.forward
+
+
 class HessianOperator:
     """v -> H v for H the Hessian of the mean cross-entropy over (x, y) w.r.t. `params`.
 
@@ -122,7 +157,8 @@ class HessianOperator:
         self._graph = self._gradient(x, y) if len(y) <= chunk_size else None
 
     def _gradient(self, x: torch.Tensor, y: torch.Tensor, graph: bool = True) -> tuple[torch.Tensor, ...]:
-        loss = F.cross_entropy(self.model(x), y)
+        with affine_batchnorm(self.model):
+            loss = F.cross_entropy(self.model(x), y)
         return torch.autograd.grad(loss, self.params, create_graph=graph, allow_unused=True,
                                    materialize_grads=True)
 
