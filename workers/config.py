@@ -207,12 +207,18 @@ class AligConfig(Section):
 @section("train")
 @dataclass(frozen=True)
 class TrainConfig(Section):
-    unhashed: ClassVar[tuple[str, ...]] = ("checkpoint_every",)
+    # How a model is computed, not which model: changing these keeps its trial key.
+    unhashed: ClassVar[tuple[str, ...]] = ("checkpoint_every", "channels_last", "torch_compile")
+    PRECISIONS: ClassVar[tuple[str, ...]] = ("fp32", "bf16")
 
     epochs: int = 100
     batch_size: int = 128
     seed: int = 0
     checkpoint_every: int = 1  # epochs between resume checkpoints
+    # CUDA only (workers.fast_path); on other devices training is plain float32 eager.
+    precision: str = "fp32"  # "bf16": training forward passes under bfloat16 autocast
+    channels_last: bool = True  # NHWC weights and images for training
+    torch_compile: bool = False  # compile the training step (pays off for long trials)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -223,6 +229,8 @@ class TrainConfig(Section):
             raise ConfigError("seed", f"must be >= 0, got {self.seed!r}")
         if self.checkpoint_every < 1:
             raise ConfigError("checkpoint_every", f"must be >= 1, got {self.checkpoint_every!r}")
+        if self.precision not in self.PRECISIONS:
+            raise ConfigError("precision", f"unknown precision {self.precision!r}; valid: {', '.join(self.PRECISIONS)}")
 
 
 @section("late_phase", prefix="late_phase")

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from workers.config import LatePhaseConfig
+from workers.fast_path import PLAIN, FastPath
 from workers.train import LossFn, Update
 
 MakeOptimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -134,9 +135,9 @@ class LatePhase(Update):
 
     def __init__(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, make_optimizer: MakeOptimizer,
-        cfg: LatePhaseConfig, seed: int, loss_fn: LossFn = F.cross_entropy,
+        cfg: LatePhaseConfig, seed: int, loss_fn: LossFn = F.cross_entropy, fast: FastPath = PLAIN,
     ) -> None:
-        super().__init__(model, optimizer, loss_fn)
+        super().__init__(model, optimizer, loss_fn, fast)
         self.make_optimizer, self.cfg, self.seed = make_optimizer, cfg, seed
         self.member_optimizers: list[torch.optim.Optimizer] = []
         self._cycle_loss: torch.Tensor | float = 0.0
@@ -158,8 +159,7 @@ class LatePhase(Update):
             return super().__call__(i, xb, yb)
         k = i % self.cfg.k
         set_active(self.model, k)
-        logits = self.model(xb)
-        loss = self.loss_fn(logits, yb)
+        loss, logits = self.loss(xb, yb)
         member = self.member_optimizers[k]
         member.zero_grad(set_to_none=True)
         loss.backward()  # the shared weights' gradients keep adding up over the cycle

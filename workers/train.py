@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from workers.fast_path import PLAIN, FastPath
+
 
 @dataclass(frozen=True)
 class EpochStats:
@@ -78,11 +80,14 @@ class Update(Hook):
     """The plain minibatch update: forward, loss, backward, one optimizer step.
 
     The optimizer gets a closure returning the loss (`step(closure)` is torch's
-    protocol): ALI-G needs the value, the others ignore it.
+    protocol): ALI-G needs the value, the others ignore it. Forward passes go through
+    `fast` (on CUDA: bf16 autocast, torch.compile; see workers.fast_path).
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn = F.cross_entropy) -> None:
-        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn = F.cross_entropy,
+                 fast: FastPath = PLAIN) -> None:
+        self.model, self.optimizer, self.loss_fn, self.fast = model, optimizer, loss_fn, fast
+        self._forward = fast.forward(model)
         self._step_sizes: list[tuple[float, float]] = []
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -91,12 +96,17 @@ class Update(Hook):
 
     def __call__(self, i: int, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Update on minibatch `i` of the epoch; returns its (loss, logits), detached."""
-        logits = self.model(xb)
-        loss = self.loss_fn(logits, yb)
+        loss, logits = self.loss(xb, yb)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.step(self.optimizer, loss.detach())
         return loss.detach(), logits.detach()
+
+    def loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of a minibatch, forward pass in the fast path's precision."""
+        with self.fast.precision():
+            logits = self._forward(xb)
+            return self.loss_fn(logits, yb), logits
 
     def step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         """Step `optimizer`, noting its step size if it has an adaptive one."""

@@ -27,6 +27,7 @@ import torch
 from workers import checkpoints
 from workers.config import TrialConfig, settings_hash
 from workers.data import DATASETS, Splits, prepare
+from workers.fast_path import PLAIN, FastPath
 from workers.late_phase import LatePhase
 from workers.metrics import METRICS
 from workers.models import build_model, load_start, n_parameters, norm_layer
@@ -69,15 +70,16 @@ def new_model(cfg: TrialConfig, splits: Splits, device: str) -> torch.nn.Module:
                        init_scale=m.init_scale).to(device)
 
 
-def training_hooks(cfg: TrialConfig, model: torch.nn.Module) -> list[Hook]:
+def training_hooks(cfg: TrialConfig, model: torch.nn.Module, fast: FastPath = PLAIN) -> list[Hook]:
     """The training variants of a trial, in the order `fit` calls them: the update rule
-    (plain or late-phase), the lr schedule, then SWA if configured."""
+    (plain or late-phase, forward passes through `fast`), the lr schedule, then SWA if
+    configured."""
     optimizer = build_optimizer(model.parameters(), cfg)
     if cfg.late_phase.k:
         update: Update = LatePhase(model, optimizer, lambda params: build_optimizer(params, cfg),
-                                   cfg.late_phase, seed=cfg.train.seed)
+                                   cfg.late_phase, seed=cfg.train.seed, fast=fast)
     else:
-        update = Update(model, optimizer)
+        update = Update(model, optimizer, fast=fast)
     hooks: list[Hook] = [update, LrSchedule(lr_factor(cfg), update.param_groups)]
     if cfg.swa.start:
         hooks.append(Swa(model, cfg.swa.start, cfg.train.batch_size))
@@ -129,9 +131,11 @@ def _train(
     history: list[dict[str, Any]] = []
     start_epoch = 0
     last = checkpoints.load(storage, key, "last", device)
+    fast = FastPath.for_device(cfg.train, device)
+    fast.model(model)  # before the optimizer holds the parameters
     if last is None and cfg.model.init_from:
         load_start(model, cfg.model.init_from)
-    hooks = training_hooks(cfg, model)  # ALI-G projects the starting weights here
+    hooks = training_hooks(cfg, model, fast)  # ALI-G projects the starting weights here
     update = hooks[0]
     if last is None:
         checkpoints.save(storage, key, "init", {"model": model.state_dict()})
@@ -155,11 +159,12 @@ def _train(
         _inject_fault(key, stats.epoch)
 
     train_start = time.perf_counter()
-    blown_up = fit(model, update, splits.x_train, splits.y_train, hooks=hooks,
+    x_train = fast.inputs(splits.x_train)
+    blown_up = fit(model, update, x_train, splits.y_train, hooks=hooks,
                    batch_size=cfg.train.batch_size, seed=cfg.train.seed, epochs=cfg.train.epochs,
                    start_epoch=start_epoch, on_epoch=on_epoch)
     # SWA's averaged weights, late-phase's collapsed model; extras keep all members.
-    extras = finish(hooks, splits.x_train) if blown_up is None else {}
+    extras = finish(hooks, x_train) if blown_up is None else {}
     train_time = time.perf_counter() - train_start
 
     eval_start = time.perf_counter()
@@ -190,6 +195,7 @@ def _train(
         "time_train_s": train_time,
         "time_eval_s": time.perf_counter() - eval_start,
         "time_total_s": time.perf_counter() - started,
+        **fast.columns(),
         **provenance(ctx.resolved_device(), ctx.code_version),
     }
     if history:

@@ -1,0 +1,76 @@
+"""CUDA execution settings for training: channels_last, bf16 autocast, torch.compile.
+
+Each one is what makes a small convnet fast on a GPU, and each one is off on any other
+device, so the CPU path stays exactly the plain float32 eager loop (tested bit for bit):
+
+- `channels_last`: the model's weights and the image batches in NHWC memory layout,
+  which cuDNN's tensor-core convolutions want. Same function, other kernels.
+- `precision="bf16"`: forward passes of training under `torch.autocast(bfloat16)`.
+  bfloat16 keeps float32's exponent range, so no loss scaling is needed. It changes the
+  numbers (and possibly the sharpness the sweep measures), which is why `precision` is
+  part of the trial key while the other two are not. Evaluation and every metric run in
+  float32 whatever the setting.
+- `torch_compile`: the training forward/backward through `torch.compile`. The first
+  epoch pays the compilation (tens of seconds), so it pays off for long trials only.
+
+`FastPath.for_device` applies the guard; building a `FastPath` directly bypasses it,
+which is how the tests exercise each mechanism on the CPU.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from workers.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class FastPath:
+    device_type: str = "cpu"  # the autocast device; `FastPath()` is the plain path
+    channels_last: bool = False
+    autocast: torch.dtype | None = None  # None: float32
+    compile: bool = False
+
+    @classmethod
+    def for_device(cls, train: TrainConfig, device: str) -> FastPath:
+        """The settings `train` asks for, each on only if `device` is a CUDA device."""
+        device_type = torch.device(device).type
+        cuda = device_type == "cuda"
+        return cls(device_type, channels_last=cuda and train.channels_last,
+                   autocast=torch.bfloat16 if cuda and train.precision == "bf16" else None,
+                   compile=cuda and train.torch_compile)
+
+    def model(self, model: nn.Module) -> nn.Module:
+        """Put `model`'s weights in the training layout (in place; returns it)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Training images in the layout the model expects (a copy if it changes)."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, model: nn.Module) -> nn.Module:
+        """The module training calls: `model` itself or its compiled wrapper, which shares
+        its parameters (checkpoints keep saving `model.state_dict()`)."""
+        return torch.compile(model) if self.compile else model
+
+    def precision(self) -> AbstractContextManager[Any]:
+        """The context of a training forward pass: bf16 autocast or nothing."""
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.autocast)
+
+    def columns(self) -> dict[str, Any]:
+        """What actually ran, for the trials row (the config says what was asked)."""
+        return {"ran_channels_last": self.channels_last,
+                "ran_precision": "bf16" if self.autocast is torch.bfloat16 else "fp32",
+                "ran_compiled": self.compile}
+
+
+PLAIN = FastPath()  # float32, eager, default layout: the path on every non-CUDA device
