@@ -14,7 +14,7 @@ from tests.helpers import fit_full_batch, metric_context
 from workers.config import DataConfig, TrialConfig
 from workers.data import Splits, prepare
 from workers.errors import ConfigError
-from workers.metrics.common import fixed_subset, parameter_groups, state_keys
+from workers.metrics.common import EvalSets, fixed_subset, parameter_groups, state_keys
 from workers.metrics.interpolation import (
     InterpolationOptions,
     PathShape,
@@ -111,6 +111,30 @@ def test_layerwise_path_keeps_every_other_entry_bit_identical(trained_resnet):
     assert not any(k.startswith("stages.2") for k in moving)
     mirror = path_state(init, final, 0.5, moving, init)
     assert all(torch.equal(mirror[k], init[k]) for k in final if k not in moving)
+
+
+def test_paths_evaluate_each_shared_end_model_once(digits, trained_resnet, monkeypatch):
+    """A layer-wise path with the others at theta_T ends at theta_T bit for bit, a mirror
+    path starts at theta_0: those points reuse the full path's evaluations."""
+    model, init = trained_resnet
+    final = model.state_dict()
+    for members in parameter_groups(model, ("stage",), "interpolation.groups").values():
+        moving = state_keys(model, members)
+        assert all(torch.equal(a, b) for a, b in zip(path_state(init, final, 1.0, moving, final).values(),
+                                                     final.values()))
+        assert all(torch.equal(a, init[k]) for k, a in path_state(init, final, 0.0, moving, init).items()
+                   if a.is_floating_point())
+    evaluations = []
+    evaluate_sets = EvalSets.evaluate
+    monkeypatch.setattr(EvalSets, "evaluate", lambda sets, m: evaluations.append(m) or evaluate_sets(sets, m))
+    options = InterpolationOptions(points=3, group_points=3, groups=("stage",), others_at=("final", "init"),
+                                   eval_samples=100)
+    result = measure(model, options, metric_context(digits, init, resnet))
+    assert len(evaluations) == 3 + 6 * 2 + 6 * 2  # full path; 6 stages x 2 new points, twice
+    full = {r["t"]: r["loss"] for r in result.curves if r["kind"] == "interp_full" and r["split"] == "train"}
+    for kind, alpha in (("interp_group", 1.0), ("interp_group_mirror", 0.0)):
+        ends = {r["loss"] for r in result.curves if r["kind"] == kind and r["split"] == "train" and r["t"] == alpha}
+        assert ends == {full[alpha]}, kind
 
 
 def test_parameter_groups_by_stage_block_module_and_pattern():

@@ -24,7 +24,9 @@ path, per `others_at` value); `interpolation.groups=stage` turns them on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -122,10 +124,16 @@ class PathShape:
 
 
 class PathEvaluator:
-    """Loads states into a working model and evaluates them on the fixed subsets."""
+    """Loads states into a working model and evaluates them on the fixed subsets.
+
+    Paths share end points: every layer-wise path with the others at theta_T ends at
+    theta_T (alpha = 1), every mirror path starts at theta_0. Those states are the end
+    models bit for bit, so each end model is evaluated once (`end_of`).
+    """
 
     def __init__(self, model: nn.Module, sets: EvalSets, recompute_bn: bool) -> None:
         self.model, self.sets, self.recompute_bn = model, sets, recompute_bn
+        self._ends: dict[str, dict[str, tuple[float, float]]] = {}
 
     def __call__(self, state: State) -> dict[str, tuple[float, float]]:
         self.model.load_state_dict(state)
@@ -135,9 +143,18 @@ class PathEvaluator:
             update_bn([x[i : i + chunk] for i in range(0, len(x), chunk)], self.model)
         return self.sets.evaluate(self.model)
 
-    def curve(self, kind: str, group: str, alphas: list[float], states, tol: float) -> list[dict[str, Any]]:
-        """Rows of one path (both splits), each carrying its curve's shape scalars."""
-        results = [self(state) for state in states]
+    def _at(self, end: str | None, state_at: Callable[[], State]) -> dict[str, tuple[float, float]]:
+        if end is None:
+            return self(state_at())
+        if end not in self._ends:
+            self._ends[end] = self(state_at())
+        return self._ends[end]
+
+    def curve(self, kind: str, group: str, alphas: list[float], state_at: Callable[[float], State],
+              end_of: Callable[[float], str | None], tol: float) -> list[dict[str, Any]]:
+        """Rows of one path (both splits), each carrying its curve's shape scalars.
+        `end_of(alpha)` names the end model ("init", "final") the path is at, or None."""
+        results = [self._at(end_of(a), partial(state_at, a)) for a in alphas]
         rows = []
         for split in ("train", "test"):
             losses = [r[split][0] for r in results]
@@ -145,6 +162,16 @@ class PathEvaluator:
             rows += [curve_row(kind, group, split, a, r[split][0], r[split][1], **shape.columns())
                      for a, r in zip(alphas, results)]
         return rows
+
+
+def end_model(alpha: float, moves_everything: bool, others_at: str) -> str | None:
+    """Which end model the path's state at `alpha` is, bit for bit: "init" or "final"
+    (the moving part at that end, and the rest too), else None."""
+    if alpha == 0.0 and (moves_everything or others_at == "init"):
+        return "init"
+    if alpha == 1.0 and (moves_everything or others_at == "final"):
+        return "final"
+    return None
 
 
 def _shape_scalars(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -169,8 +196,8 @@ def measure(model: nn.Module, options: InterpolationOptions, context: MetricCont
 
     alphas = alpha_grid(options.points, options.extend)
     everything = set(final)
-    curves = evaluator.curve("interp_full", "all", alphas,
-                             (path_state(init, final, a, everything, final) for a in alphas), tol)
+    curves = evaluator.curve("interp_full", "all", alphas, lambda a: path_state(init, final, a, everything, final),
+                             lambda a: end_model(a, True, "final"), tol)
     scalars = _shape_scalars(curves)
 
     group_alphas = alpha_grid(options.group_points)
@@ -180,7 +207,8 @@ def measure(model: nn.Module, options: InterpolationOptions, context: MetricCont
         for name, members in groups.items():
             moving = state_keys(model, members)
             rows = evaluator.curve(InterpolationOptions.OTHERS_AT[others], name, group_alphas,
-                                   (path_state(init, final, a, moving, base) for a in group_alphas), tol)
+                                   partial(path_state, init, final, moving=moving, base=base),
+                                   partial(end_model, moves_everything=False, others_at=others), tol)
             curves += rows
             if others == "final":
                 worst = max(worst, (_shape_scalars(rows)["train_barrier"], name))
