@@ -5,13 +5,15 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from workers.config import DataConfig
-from workers.data import DATASETS, load_dataset, noisy_labels, prepare, subset_indices
+from workers.data import DATASETS, _bundled_digits, load_dataset, noisy_labels, prepare, subset_indices
 
 
 def test_digits_split_sizes_match_the_registry():
@@ -20,6 +22,17 @@ def test_digits_split_sizes_match_the_registry():
     assert x_train.shape == (meta["n_train"], 1, 8, 8) and x_test.shape == (meta["n_test"], 1, 8, 8)
     assert set(y_train.tolist()) == set(range(10))
     assert abs(float(x_train.mean())) < 1e-4  # normalised with training statistics
+
+
+def test_digits_are_read_from_scikit_learns_file_without_importing_sklearn_datasets():
+    from sklearn.datasets import load_digits
+
+    images, labels = _bundled_digits()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
+    code = ("import sys; from workers.data import load_dataset; load_dataset('digits', '~/unused'); "
+            "assert 'sklearn.datasets' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.1, 0.25, 0.5])
