@@ -20,8 +20,9 @@ quantities and make them cheaper and better defined:
 - Optional spectral density by stochastic Lanczos quadrature, stored as a histogram.
 
 HVPs are taken w.r.t. all trainable parameters (or one group of them), model in eval mode
-(BatchNorm uses its running statistics), over a fixed seeded subset of training samples
-processed in chunks, so memory is that of one chunk's double-backward graph.
+(BatchNorm uses its running statistics, run as the explicit affine map it then is, whose
+double backward is cheaper than `batch_norm`'s), over a fixed seeded subset of training
+samples processed in chunks, so memory is that of one chunk's double-backward graph.
 
 Defaults are sized for the cost budget of a sweep (Hessian + interpolation at most about
 a quarter of the training): 256 samples, Lanczos to residual 1e-2 (3-9 HVPs on the demo
