@@ -143,6 +143,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "momentum": 0.9,
             "weight_decay": 5e-4,
             "schedule": "linear_decay",  # constant to epoch 100, down to lr/100 at 180
+            "augment_crop": 4,  # the standard CIFAR augmentation these papers trained with:
+            "augment_flip": True,  # 4-pixel-padded random crops, horizontal flips
             "late_phase.t0": 120,
             "swa.lr_factor": 0.5,
         },

@@ -83,11 +83,18 @@ class DataConfig(Section):
     label_noise: float = 0.0  # fraction of training labels replaced by another class
     data_fraction: float = 1.0  # fraction of the training set used
     data_seed: int = 0  # fixes subset and noisy labels; the same for every model seed
+    # Training-batch augmentation on the device (workers.augment); the taxonomy paper used none.
+    augment_crop: int = 0  # random crops of the image zero-padded by this many pixels; 0: off
+    augment_flip: bool = False  # random horizontal flips
 
     def validate(self) -> None:
         from workers.data import DATASETS
 
         DATASETS.check(self.dataset, "dataset")
+        side = min(DATASETS.meta(self.dataset)["shape"][1:])
+        if not 0 <= self.augment_crop < side:
+            raise ConfigError("augment_crop", f"must be in [0, {side}) for {self.dataset} "
+                                              f"({side}-pixel images), got {self.augment_crop!r}")
         if not 0.0 <= self.label_noise < 1.0:
             raise ConfigError("label_noise", f"must be in [0, 1), got {self.label_noise!r}")
         if not 0.0 < self.data_fraction <= 1.0:

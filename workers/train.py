@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from workers.augment import NONE, Augment
 from workers.fast_path import PLAIN, FastPath
 
 
@@ -40,14 +41,15 @@ class EpochStats:
 
 
 def epoch_batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int, augment: Augment = NONE,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled full batches of one epoch; the last partial batch is dropped (paper)."""
+    """Shuffled full batches of one epoch, augmented; the last partial batch is dropped
+    (paper). Order and augmentation both come from the epoch's seeded generator."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(y), generator=generator).to(x.device)
     for start in range(0, len(y) - batch_size + 1, batch_size):
         idx = order[start : start + batch_size]
-        yield x[idx], y[idx]
+        yield augment(x[idx], generator), y[idx]
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -136,6 +138,7 @@ def train_epoch(
     batch_size: int,
     seed: int,
     epoch: int,
+    augment: Augment = NONE,
 ) -> EpochStats:
     """One epoch of minibatch updates; divergence shows as a non-finite train_loss."""
     start = time.perf_counter()
@@ -144,7 +147,7 @@ def train_epoch(
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     seen = 0
     lr = update.param_groups()[0]["lr"]
-    for i, (xb, yb) in enumerate(epoch_batches(x, y, batch_size, seed, epoch)):
+    for i, (xb, yb) in enumerate(epoch_batches(x, y, batch_size, seed, epoch, augment)):
         loss, logits = update(i, xb, yb)
         loss_sum += loss * len(yb)
         correct += (logits.argmax(1) == yb).sum()
@@ -181,6 +184,7 @@ def fit(
     seed: int,
     epochs: int,
     start_epoch: int = 0,
+    augment: Augment = NONE,
     on_epoch: Callable[[EpochStats], None] = lambda stats: None,
 ) -> EpochStats | None:
     """Train from `start_epoch` to `epochs`; stop early and return the stats on divergence.
@@ -191,7 +195,7 @@ def fit(
     for epoch in range(start_epoch, epochs):
         for hook in hooks:
             hook.start_epoch(epoch)
-        stats = train_epoch(model, update, x, y, batch_size, seed, epoch)
+        stats = train_epoch(model, update, x, y, batch_size, seed, epoch, augment)
         for hook in hooks:
             hook.end_epoch(epoch)
         on_epoch(stats)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from workers import checkpoints
+from workers.augment import Augment
 from workers.config import TrialConfig, settings_hash
 from workers.data import DATASETS, Splits, prepare
 from workers.fast_path import PLAIN, FastPath
@@ -162,7 +163,7 @@ def _train(
     x_train = fast.inputs(splits.x_train)
     blown_up = fit(model, update, x_train, splits.y_train, hooks=hooks,
                    batch_size=cfg.train.batch_size, seed=cfg.train.seed, epochs=cfg.train.epochs,
-                   start_epoch=start_epoch, on_epoch=on_epoch)
+                   start_epoch=start_epoch, augment=Augment.of(cfg.data), on_epoch=on_epoch)
     # SWA's averaged weights, late-phase's collapsed model; extras keep all members.
     extras = finish(hooks, x_train) if blown_up is None else {}
     train_time = time.perf_counter() - train_start
