@@ -11,38 +11,67 @@ import pytest
 import torch
 from torch import nn
 
+from workers import checkpoints
 from workers.config import DataConfig, TrainConfig, TrialConfig
 from workers.data import prepare
 from workers.errors import ConfigError
 from workers.fast_path import PLAIN, FastPath
 from workers.models import build_model
+from workers.storage import Storage
 from workers.train import Update, train_epoch
 from workers.trial import RunContext, run_trial
 
 
-def test_for_device_turns_everything_on_for_cuda_and_off_elsewhere():
+def test_for_device_keeps_layout_and_compilation_to_cuda_and_precision_everywhere():
     asked = TrainConfig(precision="bf16", channels_last=True, torch_compile=True)
-    assert FastPath.for_device(asked, "cpu") == PLAIN
+    cpu = FastPath.for_device(asked, "cpu")
+    assert (cpu.channels_last, cpu.autocast, cpu.compile) == (False, torch.bfloat16, False)
     cuda = FastPath.for_device(asked, "cuda:0")
     assert (cuda.device_type, cuda.channels_last, cuda.autocast, cuda.compile) == ("cuda", True, torch.bfloat16, True)
     default = FastPath.for_device(TrainConfig(), "cuda")
     assert (default.channels_last, default.autocast, default.compile) == (True, None, False)
     assert default.columns() == {"ran_channels_last": True, "ran_precision": "fp32", "ran_compiled": False}
+    assert FastPath.for_device(TrainConfig(), "cpu") == PLAIN
 
 
-def test_cpu_trials_are_bit_identical_whatever_the_fast_path_asks(tiny, tmp_path):
+def ctx(path) -> RunContext:
+    return RunContext(storage=str(path), sweep="test", threads=1)
+
+
+def test_cpu_trials_ignore_layout_and_compilation_bit_for_bit(tiny, tmp_path):
     plain = TrialConfig.from_flat(tiny)
-    asked = TrialConfig.from_flat({**tiny, "precision": "bf16", "channels_last": True, "torch_compile": True})
-    a = run_trial(plain, RunContext(storage=str(tmp_path / "a"), sweep="test", threads=1))
-    b = run_trial(asked, RunContext(storage=str(tmp_path / "b"), sweep="test", threads=1))
+    asked = TrialConfig.from_flat({**tiny, "channels_last": True, "torch_compile": True})
+    a, b = run_trial(plain, ctx(tmp_path / "a")), run_trial(asked, ctx(tmp_path / "b"))
     assert a["train_loss"] == b["train_loss"] and a["test_loss"] == b["test_loss"]
     assert (b["ran_precision"], b["ran_channels_last"], b["ran_compiled"]) == ("fp32", False, False)
-    assert b["precision"] == "bf16"  # what was asked stays in the config columns
-    # precision changes the numbers on a GPU, so it is part of the model's identity;
-    # layout and compilation are not
-    assert asked.trial_key != plain.trial_key
-    layout_only = TrialConfig.from_flat({**tiny, "channels_last": False, "torch_compile": True})
-    assert layout_only.trial_key == plain.trial_key
+    assert asked.trial_key == plain.trial_key  # how the same numbers are computed: same model
+
+
+def test_bf16_is_honoured_on_the_cpu_and_keyed(tiny, tmp_path):
+    plain = TrialConfig.from_flat(tiny)
+    bf16 = TrialConfig.from_flat({**tiny, "precision": "bf16"})
+    a, b = run_trial(plain, ctx(tmp_path / "a")), run_trial(bf16, ctx(tmp_path / "b"))
+    assert b["ran_precision"] == "bf16" and b["precision"] == "bf16"
+    assert b["train_loss"] != a["train_loss"]  # other arithmetic ...
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.1)  # ... the same training
+    assert bf16.trial_key != plain.trial_key  # other numbers: another model
+
+
+def test_a_trial_on_the_fast_path_hands_metrics_and_checkpoints_the_default_layout(tiny, tmp_path, monkeypatch):
+    """On a GPU the trial trains in channels_last; forced here on the CPU (with late-phase
+    members, whose update goes through the same path), the model that is evaluated,
+    checkpointed and measured is back in the default layout."""
+    monkeypatch.setattr(FastPath, "for_device",
+                        classmethod(lambda cls, train, device: cls("cpu", channels_last=True)))
+    flat = {**tiny, "width": 8, "epochs": 2, "late_phase.k": 2, "late_phase.t0": 1, "metrics": ["hessian"],
+            "hessian.n_samples": 64, "hessian.trace_probes": 0}
+    cfg = TrialConfig.from_flat(flat)
+    row = run_trial(cfg, ctx(tmp_path))
+    assert row["status"] == "ok" and row["ran_channels_last"] and row["hessian_top_eigenvalue"] > 0
+    final = checkpoints.load(Storage.open(str(tmp_path)), cfg.trial_key, "final")["model"]
+    assert all(t.is_contiguous() for t in final.values())
+    conv = next(t for t in final.values() if t.dim() == 4 and t.shape[1] > 1)  # layout-ambiguous otherwise
+    assert not conv.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_unknown_precision_names_the_field_and_the_choices():

@@ -18,6 +18,7 @@ from workers.metrics.common import fixed_subset
 from workers.metrics.hessian import (
     HessianOperator,
     HessianOptions,
+    affine_batchnorm,
     density,
     hutchinson,
     lanczos,
@@ -84,6 +85,14 @@ def test_products_through_batchnorm_match_the_dense_hessian_of_the_unchanged_mod
     got = HessianOperator(model, list(model.parameters()), images, y, N_SAMPLES)(v)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert all("forward" not in vars(m) for m in model.modules())  # the model's own forward is back
+    norm, plain = model[1], model(images)
+    with affine_batchnorm(model):
+        assert "forward" in vars(norm)  # the layer really runs as the affine map here
+        assert torch.allclose(model(images), plain, atol=1e-5)
+        with affine_batchnorm(model):  # nesting leaves the outer patch in place
+            pass
+        assert "forward" in vars(norm)
+    assert "forward" not in vars(norm)
 
 
 def test_top_eigenvalues_match_the_exact_dense_hessian(problem):

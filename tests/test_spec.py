@@ -31,6 +31,16 @@ def test_demo_preset_has_at_least_16_models_and_2_seeds():
     assert {c.train.seed for c in configs} == {0, 1}
 
 
+def test_keys_of_stored_sweeps_survive_new_config_fields():
+    """Keys of configs as they were before augmentation and precision existed (computed
+    with that code): a field added later keys a model only when it is set."""
+    assert TrialConfig.from_flat({}).trial_key == "315091989f383beb"
+    cfg = TrialConfig.from_flat({"dataset": "digits", "width": 4, "batch_size": 32, "seed": 1, "metrics": ["hessian"]})
+    assert (cfg.trial_key, cfg.cell_key) == ("7d2049a349754af4", "db92bf9bc85e566d")
+    for new_setting in ({"augment_crop": 1}, {"augment_flip": True}, {"precision": "bf16"}):
+        assert TrialConfig.from_flat(new_setting).trial_key != "315091989f383beb", new_setting
+
+
 def test_set_makes_axes_and_coerces_types():
     assert parse_assignment("width=2,4,8") == ("width", ["2", "4", "8"])
     assert parse_assignment("lr=0.1") == ("lr", "0.1")

@@ -32,6 +32,9 @@ class Section:
 
     # Fields that do not change results (e.g. where data lives) and stay out of keys.
     unhashed: ClassVar[tuple[str, ...]] = ()
+    # Fields added after sweeps were already stored: part of a key only when they differ
+    # from their default, so the records of existing sweeps keep their keys.
+    keyed_when_set: ClassVar[tuple[str, ...]] = ()
 
     def validate(self) -> None:
         """Check values that a type alone cannot (ranges, names); raise ConfigError."""
@@ -43,8 +46,11 @@ class Section:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """The values that define results: `to_dict` without `unhashed` fields."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.unhashed}
+        """The values that define results: `to_dict` without `unhashed` fields and
+        without `keyed_when_set` fields at their defaults."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {k: v for k, v in self.to_dict().items()
+                if k not in self.unhashed and not (k in self.keyed_when_set and v == defaults[k])}
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ def _positive(key: str, value: float) -> None:
 @dataclass(frozen=True)
 class DataConfig(Section):
     unhashed: ClassVar[tuple[str, ...]] = ("data_root",)
+    keyed_when_set: ClassVar[tuple[str, ...]] = ("augment_crop", "augment_flip")
 
     dataset: str = "digits"
     data_root: str = "~/.cache/landscape-sweeps/data"
@@ -216,14 +223,15 @@ class AligConfig(Section):
 class TrainConfig(Section):
     # How a model is computed, not which model: changing these keeps its trial key.
     unhashed: ClassVar[tuple[str, ...]] = ("checkpoint_every", "channels_last", "torch_compile")
+    keyed_when_set: ClassVar[tuple[str, ...]] = ("precision",)
     PRECISIONS: ClassVar[tuple[str, ...]] = ("fp32", "bf16")
 
     epochs: int = 100
     batch_size: int = 128
     seed: int = 0
     checkpoint_every: int = 1  # epochs between resume checkpoints
-    # CUDA only (workers.fast_path); on other devices training is plain float32 eager.
-    precision: str = "fp32"  # "bf16": training forward passes under bfloat16 autocast
+    precision: str = "fp32"  # "bf16": training forward passes under bfloat16 autocast, any device
+    # CUDA only (workers.fast_path); on other devices training runs eager in the default layout.
     channels_last: bool = True  # NHWC weights and images for training
     torch_compile: bool = False  # compile the training step (pays off for long trials)
 

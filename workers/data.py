@@ -68,13 +68,15 @@ def _bundled_digits() -> tuple[np.ndarray, np.ndarray]:
     read without importing `sklearn.datasets`: that import costs about 1.5 s in every new
     worker process, the file 0.1 s. Falls back to `load_digits` if the file moved."""
     package = importlib.util.find_spec("sklearn")
+    if package is None:
+        raise ImportError("dataset 'digits' needs scikit-learn: pip install scikit-learn")
     path = Path(package.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
-    if not path.exists():
+    table = np.loadtxt(path, delimiter=",") if path.exists() else None  # 64 pixels, then the label
+    if table is None or table.shape != (1797, 65):
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
         return bunch.images, bunch.target
-    table = np.loadtxt(path, delimiter=",")  # 64 pixels, then the label, per row
     return table[:, :-1].reshape(-1, 8, 8), table[:, -1]
 
 

@@ -1,17 +1,22 @@
-"""CUDA execution settings for training: channels_last, bf16 autocast, torch.compile.
+"""Execution settings for training: channels_last, bf16 autocast, torch.compile.
 
-Each one is what makes a small convnet fast on a GPU, and each one is off on any other
-device, so the CPU path stays exactly the plain float32 eager loop (tested bit for bit):
+They are what makes a small convnet fast on a GPU. The two that only change how the
+same numbers are computed are guarded: on any device but CUDA they are off, so the
+default CPU path stays exactly the plain float32 eager loop (tested bit for bit):
 
 - `channels_last`: the model's weights and the image batches in NHWC memory layout,
-  which cuDNN's tensor-core convolutions want. Same function, other kernels.
-- `precision="bf16"`: forward passes of training under `torch.autocast(bfloat16)`.
-  bfloat16 keeps float32's exponent range, so no loss scaling is needed. It changes the
-  numbers (and possibly the sharpness the sweep measures), which is why `precision` is
-  part of the trial key while the other two are not. Evaluation and every metric run in
-  float32 whatever the setting.
+  which cuDNN's tensor-core convolutions want. Same function, other kernels. After
+  training the model goes back to the default layout, so evaluation, the `final`
+  checkpoint and every metric see the same model whichever process computes them.
 - `torch_compile`: the training forward/backward through `torch.compile`. The first
   epoch pays the compilation (tens of seconds), so it pays off for long trials only.
+  With late-phase weights dynamo recompiles once per member (an integer attribute
+  selects it) and runs eager past its recompile limit of 8.
+- `precision="bf16"`: forward passes of training under `torch.autocast(bfloat16)`.
+  bfloat16 keeps float32's exponent range, so no loss scaling is needed. It changes the
+  numbers (and possibly the sharpness the sweep measures), so it is part of the trial
+  key and is honoured on every device (a CPU runs it too, slowly), never silently
+  dropped. Evaluation and every metric run in float32 whatever the setting.
 
 `FastPath.for_device` applies the guard; building a `FastPath` directly bypasses it,
 which is how the tests exercise each mechanism on the CPU.
@@ -38,16 +43,21 @@ class FastPath:
 
     @classmethod
     def for_device(cls, train: TrainConfig, device: str) -> FastPath:
-        """The settings `train` asks for, each on only if `device` is a CUDA device."""
+        """The settings `train` asks for: precision on any device, layout and compilation
+        only on a CUDA device."""
         device_type = torch.device(device).type
         cuda = device_type == "cuda"
         return cls(device_type, channels_last=cuda and train.channels_last,
-                   autocast=torch.bfloat16 if cuda and train.precision == "bf16" else None,
+                   autocast=torch.bfloat16 if train.precision == "bf16" else None,
                    compile=cuda and train.torch_compile)
 
     def model(self, model: nn.Module) -> nn.Module:
         """Put `model`'s weights in the training layout (in place; returns it)."""
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def release(self, model: nn.Module) -> nn.Module:
+        """Put `model` back in the default layout after training (in place; returns it)."""
+        return model.to(memory_format=torch.contiguous_format) if self.channels_last else model
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """Training images in the layout the model expects (a copy if it changes)."""
@@ -73,4 +83,4 @@ class FastPath:
                 "ran_compiled": self.compile}
 
 
-PLAIN = FastPath()  # float32, eager, default layout: the path on every non-CUDA device
+PLAIN = FastPath()  # float32, eager, default layout: the default path on every non-CUDA device

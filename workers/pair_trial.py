@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from workers import checkpoints, pairwise
+from workers.augment import Augment
 from workers.config import Section, TrialConfig, section
 from workers.data import Splits, prepare
 from workers.errors import ConfigError
@@ -201,7 +202,7 @@ def _connectivity(
             model_a, w_a, w_b, splits.x_train, splits.y_train, epochs=options.bezier_epochs,
             lr=options.bezier_lr, momentum=options.bezier_momentum,
             weight_decay=options.bezier_weight_decay, batch_size=batch_size,
-            seed=1_000 * cfg.train.seed + base["seed_b"],
+            seed=1_000 * cfg.train.seed + base["seed_b"], augment=Augment.of(cfg.data),
         )
         if not math.isfinite(result["bezier_objective"]):
             return {**result, "status": "diverged", "error": "the Bezier curve fit diverged (non-finite loss)",

@@ -27,6 +27,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from workers.augment import NONE, Augment
 from workers.train import epoch_batches, evaluate
 
 Weights = dict[str, torch.Tensor]
@@ -67,8 +68,10 @@ def bend_lr_factor(epoch: int, epochs: int) -> float:
 def fit_bend(
     model: nn.Module, w_a: Weights, w_b: Weights, x: torch.Tensor, y: torch.Tensor, *,
     epochs: int, lr: float, momentum: float, weight_decay: float, batch_size: int, seed: int,
+    augment: Augment = NONE,
 ) -> tuple[Weights, float]:
-    """Train the bend c of the curve from the midpoint (w_a + w_b) / 2.
+    """Train the bend c of the curve from the midpoint (w_a + w_b) / 2, on batches
+    augmented as the end models' were.
 
     Each batch draws t ~ U(0, 1) and takes an SGD step on cross-entropy at theta(t) plus
     0.5 * weight_decay * ||theta(t)||^2 (the penalty is on the point of the curve, as in
@@ -86,7 +89,7 @@ def fit_bend(
         for group in optimizer.param_groups:
             group["lr"] = lr * bend_lr_factor(epoch, epochs)
         total, batches = torch.zeros((), device=x.device), 0
-        for xb, yb in epoch_batches(x, y, batch_size, seed, epoch):
+        for xb, yb in epoch_batches(x, y, batch_size, seed, epoch, augment):
             t = float(torch.rand((), generator=t_generator))
             theta = bezier_weights(w_a, bend, w_b, t)
             penalty = sum((p**2).sum() for p in theta.values())

@@ -166,6 +166,7 @@ def _train(
                    start_epoch=start_epoch, augment=Augment.of(cfg.data), on_epoch=on_epoch)
     # SWA's averaged weights, late-phase's collapsed model; extras keep all members.
     extras = finish(hooks, x_train) if blown_up is None else {}
+    fast.release(model)  # evaluation, checkpoint and metrics see the default layout
     train_time = time.perf_counter() - train_start
 
     eval_start = time.perf_counter()

@@ -127,10 +127,11 @@ def affine_batchnorm(model: nn.Module) -> Iterator[None]:
     The function and all its derivatives are unchanged, but autograd differentiates a
     product twice cheaply, while the double backward of `batch_norm` (written for training
     mode, where the batch statistics depend on the input) costs about a sixth of an HVP in
-    a ResNet on the CPU. Layers without running statistics keep their own forward.
+    a ResNet on the CPU. Layers without running statistics, or whose instance already has
+    its own forward (e.g. inside another such block), are left alone.
     """
     patched = [m for m in model.modules() if type(m) in _PLAIN_BATCHNORMS
-               and not m.training and m.running_var is not None]
+               and not m.training and m.running_var is not None and "forward" not in vars(m)]
     for norm in patched:
         norm.forward = partial(_affine_batchnorm_forward, norm)
     try:
