@@ -14,6 +14,22 @@ from workers.errors import ConfigError
 PAPER_WIDTHS = [1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128]
 PAPER_BATCH_SIZES = [16, 24, 32, 44, 64, 92, 128, 180, 256, 364, 512, 724, 1024]
 
+# The interpolation study's axes and recipe (Vlaar & Frankle 2022), common to its presets:
+# init scale x optimizer x BatchNorm x label noise, full and layer-wise paths.
+_INTERPOLATION_STUDY: dict[str, Any] = {
+    "model": "resnet18k",
+    "optimizer": ["sgd", "adam"],
+    "batchnorm": [True, False],
+    "label_noise": [0.0, 0.2],
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "step",
+    "lr_factor": 0.1,
+    "metrics": ["interpolation"],
+    "interpolation.groups": ["stage"],  # one layer-wise path per stage (Vlaar & Frankle)
+    "interpolation.others_at": ["final", "init"],  # and the mirror paths
+}
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "taxonomy": {
         "demo": {
@@ -60,47 +76,27 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "interpolation": {
         "demo": {
             "dataset": "digits",
-            "model": "resnet18k",
             "width": 8,
             "batch_size": 64,
             "seed": [0],
             "epochs": 8,
             "init_scale": [1.0, 2.0],  # 0.5 without BatchNorm does not train; 3 diverges with SGD
-            "optimizer": ["sgd", "adam"],
-            "batchnorm": [True, False],
-            "label_noise": [0.0, 0.2],
+            **_INTERPOLATION_STUDY,
             "lr": 0.05,
             "adam.lr": 0.002,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "schedule": "step",
             "milestones": [6],
-            "lr_factor": 0.1,
-            "metrics": ["interpolation"],
-            "interpolation.groups": ["stage"],  # one layer-wise path per stage (Vlaar & Frankle)
-            "interpolation.others_at": ["final", "init"],  # and the mirror paths
         },
         "paper": {
             "dataset": "cifar10",
-            "model": "resnet18k",
             "width": 64,
             "batch_size": 128,
             "seed": [0, 1, 2],
             "epochs": 100,
             "init_scale": [0.5, 1.0, 2.0],
-            "optimizer": ["sgd", "adam"],
-            "batchnorm": [True, False],
-            "label_noise": [0.0, 0.2],
+            **_INTERPOLATION_STUDY,
             "lr": 0.1,
             "adam.lr": 0.001,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "schedule": "step",
             "milestones": [33, 66],
-            "lr_factor": 0.1,
-            "metrics": ["interpolation"],
-            "interpolation.groups": ["stage"],  # one layer-wise path per stage (Vlaar & Frankle)
-            "interpolation.others_at": ["final", "init"],  # and the mirror paths
         },
     },
     # SGD vs Adam vs ALI-G, each alone, with late-phase weights, with SWA and with both,
