@@ -20,7 +20,7 @@ from workers.metrics.interpolation import (
     PathShape,
     alpha_grid,
     measure,
-    path_state,
+    write_path_state,
 )
 from workers.models import build_model
 from workers.train import evaluate
@@ -43,6 +43,13 @@ def trained_resnet(digits):
     model = resnet()
     init = {k: v.clone() for k, v in model.state_dict().items()}
     return fit_full_batch(model, digits.x_train[:256], digits.y_train[:256], steps=10, lr=0.1), init
+
+
+def path_state(init, final, alpha, moving, base):
+    """The path's state at `alpha`, written into fresh tensors."""
+    target = {k: torch.full_like(v, 7) for k, v in final.items()}
+    write_path_state(target, init, final, alpha, moving, base)
+    return target
 
 
 def test_alpha_grid_holds_both_end_points_exactly():
