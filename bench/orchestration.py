@@ -30,14 +30,17 @@ costs) into fresh storage. Figures:
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 SPEEDUP_TARGET = 1.8
 OVERHEAD_TARGET_S = 0.1
+HALF_TIMEOUT_S = 1800  # a warm process that takes longer has failed: the bench reports it, not hangs
 
 
 def demo_spec(storage: str):
@@ -64,7 +67,7 @@ def warm_sequential(root: Path, configs: list, before: Callable[[], object] = la
 
 
 def _half_of_the_trials(root: str, configs: list, barrier, seconds) -> None:
-    seconds.put(warm_sequential(Path(root), configs, before=barrier.wait))
+    seconds.put(warm_sequential(Path(root), configs, before=partial(barrier.wait, HALF_TIMEOUT_S)))
 
 
 def two_warm_processes(root: Path, configs: list) -> float:
@@ -76,10 +79,22 @@ def two_warm_processes(root: Path, configs: list) -> float:
                                                                     barrier, seconds)) for i in range(2)]
     for process in processes:
         process.start()
-    wall = max(seconds.get() for _ in processes)
-    for process in processes:
-        process.join()
-    return wall
+    deadline, times = time.monotonic() + HALF_TIMEOUT_S, []
+    try:
+        while len(times) < len(processes):
+            try:
+                times.append(seconds.get(timeout=1))
+            except queue.Empty:
+                failed = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+                if failed or time.monotonic() > deadline:
+                    raise RuntimeError(f"a warm process failed (exit codes {failed}) or gave no time "
+                                       f"within {HALF_TIMEOUT_S} s") from None
+        return max(times)
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
 
 
 def timeline(folder: Path, launched: float):
