@@ -14,6 +14,7 @@ from workers.config import TrialConfig
 from workers.errors import ConfigError
 from workers.mc import mode_connectivity
 from workers.pair_trial import pair_key, run_pair
+from workers.train import recompute_bn
 from workers.trial import RunContext, run_trial
 
 # ---------------------------------------------------------------- CKA
@@ -105,7 +106,9 @@ def test_recompute_bn_replaces_running_statistics_by_the_data_statistics():
     net = _bn_net()
     x = torch.randn(103, 4, generator=torch.Generator().manual_seed(1)) * 3 + 2  # partial last batch
     before = net[1].running_mean.clone()
-    pairwise.recompute_bn(net, x, batch_size=25)
+    net.eval()
+    recompute_bn(net, x, batch_size=25)
+    assert not net.training  # the mode it was in
     bn = net[1]
     assert not torch.allclose(bn.running_mean, before)
     with torch.no_grad():
@@ -132,7 +135,7 @@ def test_fit_bend_lowers_the_loss_in_the_middle_of_the_curve():
 
     def middle_loss(bend):
         pairwise.load_weights(net, pairwise.bezier_weights(w_a, bend, w_b, 0.5))
-        pairwise.recompute_bn(net, x, 64)
+        recompute_bn(net, x, 64)
         net.eval()
         with torch.no_grad():
             return float(nn.functional.cross_entropy(net(x), y))
@@ -155,7 +158,7 @@ def test_evaluate_curve_matches_models_built_at_each_t():
     for row in rows:
         fresh = _bn_net(0)
         pairwise.load_weights(fresh, pairwise.bezier_weights(w_a, bend, w_b, row["t"]))
-        pairwise.recompute_bn(fresh, x, 16)
+        recompute_bn(fresh, x, 16)
         fresh.eval()
         with torch.no_grad():
             loss = float(nn.functional.cross_entropy(fresh(x), y))

@@ -28,7 +28,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from workers.augment import NONE, Augment
-from workers.train import epoch_batches, evaluate
+from workers.train import epoch_batches, evaluate, recompute_bn
 
 Weights = dict[str, torch.Tensor]
 
@@ -103,32 +103,6 @@ def fit_bend(
         if not math.isfinite(objective):
             break
     return {n: c.detach() for n, c in bend.items()}, objective
-
-
-@torch.no_grad()
-def recompute_bn(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
-    """Replace every BatchNorm's running statistics by those of `model` on `x`.
-
-    The statistics of a point on the curve are not the average of the end points', so
-    they are measured: a forward pass in train mode over `x` with each batch weighted by
-    its size (exact mean over all samples; the variance is the mean of batch variances).
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-    model.train()
-    seen = 0
-    for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size]
-        for m in norms:  # running = running + momentum * (batch - running)
-            m.momentum = len(xb) / (seen + len(xb))
-        model(xb)
-        seen += len(xb)
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
 
 
 @torch.no_grad()

@@ -3,8 +3,8 @@
 The equal-weight average of the weights at the end of every epoch from the start epoch
 (the lr is switched to the SWA lr by `workers.optim.lr_factor`); at the end of training
 the model takes the averaged weights and one pass over the training data recomputes its
-BatchNorm statistics (`update_bn`). With late-phase weights the average is taken over
-the model with all its members, before they are collapsed.
+BatchNorm statistics (`workers.train.recompute_bn`). With late-phase weights the average
+is taken over the model with all its members, before they are collapsed.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, update_bn
+from torch.optim.swa_utils import AveragedModel
 
-from workers.train import Hook
+from workers.train import Hook, recompute_bn
 
 
 class Swa(Hook):
@@ -40,8 +40,8 @@ class Swa(Hook):
         assert self.averaged is not None, "SWA finished before its start epoch"
         for own, mean in zip(self.model.parameters(), self.averaged.module.parameters()):
             own.copy_(mean)
-        batches = [x[i : i + self.batch_size] for i in range(0, len(x) - self.batch_size + 1, self.batch_size)]
-        update_bn(batches, self.model)
+        full_batches = len(x) - len(x) % self.batch_size  # the batches training saw (drop_last)
+        recompute_bn(self.model, x[:full_batches], self.batch_size)
         return {"swa_n_averaged": self.averaged.n_averaged.clone()}
 
     def state_dict(self) -> dict[str, Any]:

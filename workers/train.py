@@ -173,6 +173,35 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 10
     return float(loss_sum) / len(y), float(correct) / len(y)
 
 
+@torch.no_grad()
+def recompute_bn(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Replace every BatchNorm's running statistics by those of `model` on `x`.
+
+    Weights that training did not produce (an interpolated point, a point on a Bezier
+    curve, an SWA average) have statistics that are not any mix of the stored ones, so
+    they are measured: a forward pass in train mode over `x` in `batch_size` chunks, each
+    weighted by its size (the exact mean over all samples; the variance is the mean of
+    the chunks' variances). The model's train/eval mode is left as it was.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training, saved = model.training, [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+    model.train()
+    seen = 0
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size]
+        for m in norms:  # running = running + momentum * (batch - running)
+            m.momentum = len(xb) / (seen + len(xb))
+        model(xb)
+        seen += len(xb)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.train(was_training)
+
+
 def fit(
     model: nn.Module,
     update: Update,

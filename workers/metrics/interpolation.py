@@ -32,12 +32,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import update_bn
 
 from workers.config import Section, section
 from workers.errors import ConfigError
 from workers.metrics import METRICS, Measurement, MetricContext
 from workers.metrics.common import EvalSets, check_group_specs, curve_row, parameter_groups, state_keys
+from workers.train import recompute_bn
 
 State = dict[str, torch.Tensor]
 
@@ -136,8 +136,8 @@ class PathEvaluator:
     models bit for bit, so each end model is evaluated once (`end_of`).
     """
 
-    def __init__(self, model: nn.Module, sets: EvalSets, recompute_bn: bool, init: State, final: State) -> None:
-        self.model, self.sets, self.recompute_bn = model, sets, recompute_bn
+    def __init__(self, model: nn.Module, sets: EvalSets, measure_bn: bool, init: State, final: State) -> None:
+        self.model, self.sets, self.measure_bn = model, sets, measure_bn
         self.init, self.final = init, final
         self._state = model.state_dict()  # the working model's tensors, written in place
         self._ends: dict[str, dict[str, tuple[float, float]]] = {}
@@ -145,10 +145,8 @@ class PathEvaluator:
     def point(self, moving: set[str], base: State, alpha: float) -> dict[str, tuple[float, float]]:
         """split -> (loss, accuracy) at `alpha` of the path moving `moving`, the rest at `base`."""
         write_path_state(self._state, self.init, self.final, alpha, moving, base)
-        if self.recompute_bn:
-            chunk = self.sets.chunk
-            x = self.sets.x_train
-            update_bn([x[i : i + chunk] for i in range(0, len(x), chunk)], self.model)
+        if self.measure_bn:  # statistics of the point's own weights on the training subset
+            recompute_bn(self.model, self.sets.x_train, self.sets.chunk)
         return self.sets.evaluate(self.model)
 
     def _at(self, end: str | None, evaluate: Callable[[], dict[str, tuple[float, float]]]):
