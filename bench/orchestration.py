@@ -95,6 +95,8 @@ def two_warm_processes(root: Path, configs: list) -> float:
             process.join(timeout=10)
             if process.is_alive():
                 process.terminate()
+                process.join()
+        seconds.close()
 
 
 def timeline(folder: Path, launched: float):

@@ -6,9 +6,10 @@ Both loops train the same initial model on the same device-resident digits tenso
 the same batch size and SGD settings, for the same number of epochs; the trial's loop
 (`workers.train.train_epoch` with its `Update`) adds seeded shuffling, statistics
 accumulated on the device and one host sync per epoch. Runs alternate; the figure is the
-median over repeats of the ratio of a bare run's time to the trial run right after it
-(samples/s of the trial / samples/s of the bare loop, target >= 0.95): this VM's speed
-drifts within seconds, and adjacent runs see the same speed.
+median over repeats of the ratio of a bare run's time to the trial run next to it, each
+going first in turn (samples/s of the trial / samples/s of the bare loop, target >=
+0.95): this VM's speed drifts within seconds, and adjacent runs see the same speed. The
+samples/s printed beside it are medians over all runs of each loop.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         x, y = splits.x_train, splits.y_train
         samples = (len(y) // batch_size) * batch_size * epochs
         times = {"bare": [], "trial": []}
-        for _ in range(repeats):
-            for name, loop in (("bare", _bare), ("trial", _trial)):
+        for repeat in range(repeats):
+            pair = (("bare", _bare), ("trial", _trial))
+            for name, loop in pair if repeat % 2 == 0 else pair[::-1]:  # neither always runs first
                 model.load_state_dict(init)
                 times[name].append(loop(model, x, y, batch_size, epochs))
         bare, trial = (samples / statistics.median(times[k]) for k in ("bare", "trial"))

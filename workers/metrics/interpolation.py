@@ -140,6 +140,9 @@ class PathEvaluator:
         self.model, self.sets, self.measure_bn = model, sets, measure_bn
         self.init, self.final = init, final
         self._state = model.state_dict()  # the working model's tensors, written in place
+        if self._state.keys() != final.keys():  # what load_state_dict(strict=True) checked
+            raise ValueError(f"working model and trained model differ in state entries: "
+                             f"{sorted(self._state.keys() ^ final.keys())}")
         self._ends: dict[str, dict[str, tuple[float, float]]] = {}
 
     def point(self, moving: set[str], base: State, alpha: float) -> dict[str, tuple[float, float]]:
