@@ -17,6 +17,7 @@ from workers.errors import ConfigError
 from workers.metrics.common import EvalSets, fixed_subset, parameter_groups, state_keys
 from workers.metrics.interpolation import (
     InterpolationOptions,
+    PathEvaluator,
     PathShape,
     alpha_grid,
     measure,
@@ -118,6 +119,16 @@ def test_layerwise_path_keeps_every_other_entry_bit_identical(trained_resnet):
     assert not any(k.startswith("stages.2") for k in moving)
     mirror = path_state(init, final, 0.5, moving, init)
     assert all(torch.equal(mirror[k], init[k]) for k in final if k not in moving)
+
+
+def test_a_working_model_with_other_state_entries_is_refused(digits, trained_resnet):
+    """Points are written into the working model's own tensors; a model whose entries
+    differ (here: no BatchNorm) would silently keep some of its own values."""
+    model, init = trained_resnet
+    sets = EvalSets.from_splits(digits, 32, 0, 1024)
+    other = build_model("resnet18k", 2, (1, 8, 8), 10, batchnorm=False)
+    with pytest.raises(ValueError, match="bn1.running_mean"):
+        PathEvaluator(other, sets, False, init, model.state_dict())
 
 
 def test_paths_evaluate_each_shared_end_model_once(digits, trained_resnet, monkeypatch):
