@@ -57,6 +57,9 @@ def config_columns(cfg: TrialConfig, sweep: str) -> dict[str, Any]:
     return {"sweep": sweep, "trial_key": cfg.trial_key, "cell_key": cfg.cell_key, **cfg.record_columns()}
 
 
+_ARROW_ITEMS = {int: pa.int64(), float: pa.float64(), str: pa.string()}  # item types of empty lists
+
+
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:
     """A table from rows with stable column types (see module docstring)."""
     assert rows, "a record file holds at least one row"
@@ -71,5 +74,3 @@ def to_table(rows: list[dict[str, Any]]) -> pa.Table:
             table = table.set_column(i, column.name, table.column(i).cast(pa.list_(item)))
     return table
 
-
-_ARROW_ITEMS = {int: pa.int64(), float: pa.float64(), str: pa.string()}

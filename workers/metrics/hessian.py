@@ -24,8 +24,8 @@ HVPs are taken w.r.t. all trainable parameters (or one group of them), model in 
 double backward is cheaper than `batch_norm`'s), over a fixed seeded subset of training
 samples processed in chunks, so memory is that of one chunk's double-backward graph.
 
-Defaults are sized for the cost budget of a sweep (Hessian + interpolation at most about
-a quarter of the training): 256 samples, Lanczos to residual 1e-2 (3-9 HVPs on the demo
+Defaults are sized for the cost budget of a sweep (Hessian + interpolation about a
+quarter of the training on average): 256 samples, Lanczos to residual 1e-2 (3-9 HVPs on the demo
 models), 4 trace probes. Measured on the taxonomy demo models (resnet18k widths 2-16 on
 digits, 12 epochs, 1 CPU thread), both metrics with their defaults (no layer-wise paths)
 cost 8-25% of the training time at batch 32 and 26-40% at batch 128 (where training is
