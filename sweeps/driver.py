@@ -20,11 +20,12 @@ from pathlib import Path
 
 from sweeps.pairs import PairPlan, plan_pairs
 from sweeps.searcher import Job, SweepSearcher
-from sweeps.spec import SweepSpec, describe
+from sweeps.spec import SweepSpec
 from workers.config import TrialConfig
 from workers.errors import ConfigError
+from workers.packing.plan import PackPlan, PackPolicy, plan_packs
 from workers.storage import Storage
-from workers.trial import RunContext, missing_metrics, run_trial
+from workers.trial import RunContext, missing_metrics
 
 Log = Callable[[str], None]
 
@@ -39,6 +40,19 @@ class RunOptions:
     gpus_per_trial: float | str = 0.0  # or "auto": each trial's share from its width (sweeps.resources)
     in_process: bool = False  # run trials one by one in this process (debugging)
     max_retries: int = 2  # attempts after the first for a failing job (e.g. a lost node)
+    pack: str = "auto"  # "auto", "off" or a pack size: see workers.packing.plan
+
+    def training_device(self) -> str:
+        """Where trials train, for `--pack auto`: a GPU when the jobs ask for one (or,
+        in process, when this machine has one), else the CPU."""
+        if self.in_process:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if self.gpus_per_trial == "auto" or float(self.gpus_per_trial) > 0 else "cpu"
+
+    def pack_policy(self) -> PackPolicy:
+        return PackPolicy.parse(self.pack, self.training_device())
 
 
 def code_version() -> str:
@@ -101,20 +115,23 @@ def run(
                 say(f"warning: {relpath} was unreadable; moved to _quarantine/, will be recomputed")
         todo = pending_trials(configs, storage)
         pairs = pending_pairs(configs, storage)
+        packs = plan_packs(todo, options.pack_policy())
         version = code_version()
         write_spec(storage, spec, version)
+        packed = sum(len(p.members) for p in packs if len(p.members) > 1)
         say(f"sweep {spec.name}: {len(configs)} models, {len(configs) - len(todo)} already done, "
-            f"{len(todo)} to run, {len(pairs)} seed pairs to measure -> {storage.uri}")
+            f"{len(todo)} to run ({packed} in {sum(len(p.members) > 1 for p in packs)} packs), "
+            f"{len(pairs)} seed pairs to measure -> {storage.uri}")
         context = RunContext(storage=storage.uri, sweep=spec.name, code_version=version,
                              threads=max(1, int(options.cpus_per_trial)))
         axes = list(spec.axes())
-        if not todo and not pairs:
+        jobs = plan_jobs(packs, pairs, context)
+        if not jobs:
             failed = 0
         elif options.in_process:
-            failed = _run_in_process(todo, pairs, context, axes, log)
+            failed = _run_in_process(jobs, axes, log)
         else:
-            failed = _run_with_tune(_jobs(todo, pairs, context), configs, todo, context, options,
-                                    storage, axes, log)
+            failed = _run_with_tune(jobs, configs, todo, context, options, storage, axes, log)
     ran = len(todo) + len(pairs)
     return RunSummary(storage.uri, len(configs), len(configs) - len(todo), ran - failed, failed,
                       time.perf_counter() - start)
@@ -145,29 +162,49 @@ def sweep_lock(storage: Storage) -> Iterator[None]:
         lock.release()
 
 
-def _jobs(todo: list[TrialConfig], pairs: list[PairPlan], context: RunContext) -> list[Job]:
+def plan_jobs(packs: list[PackPlan], pairs: list[PairPlan], context: RunContext) -> list[Job]:
+    """Tune jobs: one per solo trial or pack, then the pairs no pack measures itself.
+
+    A pack measures each seed pair of its cells right after training (same worker, no
+    queueing) when the pair's other model is in the pack too or was trained before.
+    """
     ctx = asdict(context)
-    jobs = [Job(c.trial_key, {"kind": "train", "trial": c.to_flat(), "context": ctx}) for c in todo]
+    pending = {c.trial_key for plan in packs for c in plan.members}
+    jobs, folded = [], set()
+    for plan in packs:
+        if len(plan.members) == 1:
+            cfg = plan.members[0]
+            jobs.append(Job(cfg.trial_key, {"kind": "train", "trial": cfg.to_flat(), "context": ctx,
+                                            "solo_reason": plan.solo_reason}))
+            continue
+        keys = {c.trial_key for c in plan.members}
+        own = [p for p in pairs if _pack_measures(p, keys, pending)]
+        folded.update(p.key for p in own)
+        jobs.append(Job(plan.key, {
+            "kind": "pack", "members": [c.to_flat() for c in plan.members], "context": ctx,
+            "pairs": [{"a": p.a.to_flat(), "b": p.b.to_flat(), "with_mc": p.with_mc} for p in own],
+        }, trains=tuple(sorted(keys))))
     jobs += [Job(p.key, {"kind": "pair", "a": p.a.to_flat(), "b": p.b.to_flat(), "with_mc": p.with_mc,
-                         "context": ctx}, needs=(p.a.trial_key, p.b.trial_key)) for p in pairs]
+                         "context": ctx}, needs=(p.a.trial_key, p.b.trial_key))
+             for p in pairs if p.key not in folded]
     return jobs
 
 
-def _run_in_process(
-    todo: list[TrialConfig], pairs: list[PairPlan], context: RunContext, axes: list[str], log: Log | None,
-) -> int:
-    """The debug executor: the same work, one item after another, no Ray."""
-    from workers.pair_trial import run_pair
+def _pack_measures(pair: PairPlan, pack: set[str], pending: set[str]) -> bool:
+    """Whether the pack training `pack` measures `pair`: one model of the pair is in it,
+    and the other too or trained already (not pending in this run)."""
+    models = (pair.a.trial_key, pair.b.trial_key)
+    return any(k in pack for k in models) and all(k in pack or k not in pending for k in models)
 
-    log = log or print
-    total = len(todo) + len(pairs)
-    for i, cfg in enumerate(todo, 1):
-        row = run_trial(cfg, context)
-        log(f"[{i}/{total}] {describe(cfg.to_flat(), axes)}  {row['status']}")
-    for i, plan in enumerate(pairs, len(todo) + 1):
-        row = run_pair(plan.a, plan.b, plan.with_mc, context)
-        log(f"[{i}/{total}] pair {describe(plan.a.to_flat(), axes)} seeds "
-            f"{plan.a.train.seed},{plan.b.train.seed}  {row.get('status', 'ok')}")
+
+def _run_in_process(jobs: list[Job], axes: list[str], log: Log | None) -> int:
+    """The debug executor: the same jobs through the same `run_job` as Tune's trainable,
+    one after another (every job a pair needs comes before it), no Ray."""
+    from sweeps.progress import format_line
+    from workers.tune_entry import run_job
+
+    for i, job in enumerate(jobs, 1):
+        (log or print)(format_line(i, len(jobs), job.config, run_job(job.config), axes))
     return 0
 
 
@@ -205,7 +242,7 @@ def shard_jobs(jobs: list[Job], size: int = SHARD_SIZE) -> list[list[Job]]:
     runs in the shard that trains its models (pairs whose models were trained before this
     run go to the first shard), and each shard's searcher works on its own."""
     train = [j for j in jobs if not j.needs]
-    position = {j.key: i for i, j in enumerate(train)}
+    position = {key: i for i, j in enumerate(train) for key in j.trained}
     spans = [[position[k] for k in j.needs if k in position] for j in jobs if j.needs]
     open_pairs = [0] * (len(train) + 1)  # pairs spanning the boundary after each index
     for span in filter(None, spans):

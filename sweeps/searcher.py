@@ -18,9 +18,15 @@ from ray.tune.search import Searcher
 class Job:
     """One unit of Tune work: train a model, or measure a pair of trained models."""
 
-    key: str  # trial_key or pair_key
+    key: str  # trial_key, pack id or pair_key
     config: dict[str, Any]  # what the Tune function receives
     needs: tuple[str, ...] = ()  # trial keys that must be finished first
+    trains: tuple[str, ...] = ()  # trial keys it trains (a pack's members); () : just `key`
+
+    @property
+    def trained(self) -> tuple[str, ...]:
+        """The trial keys that exist once this job has finished (none for a pair)."""
+        return () if self.needs else (self.trains or (self.key,))
 
 
 class SweepSearcher(Searcher):
@@ -53,8 +59,8 @@ class SweepSearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         job = self._running.pop(trial_id, None)
-        if job is not None and not job.needs and not error:
-            self._finished.add(job.key)
+        if job is not None and job.trained and not error:
+            self._finished.update(job.trained)
             self._release()
 
     def save(self, checkpoint_path: str) -> None:  # resume comes from the records instead

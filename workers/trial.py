@@ -96,8 +96,11 @@ def missing_metrics(cfg: TrialConfig, done_measures: set[str]) -> list[str]:
     return [m for m in cfg.measure.metrics if measure_key(cfg, m) not in done_measures]
 
 
-def run_trial(cfg: TrialConfig, ctx: RunContext) -> dict[str, Any]:
-    """Train and measure one model as needed; returns its trials row plus metric scalars."""
+def run_trial(cfg: TrialConfig, ctx: RunContext, solo_reason: str = "") -> dict[str, Any]:
+    """Train and measure one model as needed; returns its trials row plus metric scalars.
+
+    `solo_reason` (why this trial did not train in a pack) goes into its trials row.
+    """
     storage = Storage.open(ctx.storage)
     device = ctx.resolved_device()
     if ctx.threads:
@@ -114,7 +117,8 @@ def run_trial(cfg: TrialConfig, ctx: RunContext) -> dict[str, Any]:
         if final is not None:
             model.load_state_dict(final["model"])
     else:
-        row = _train(cfg, ctx, storage, splits, model, device, started)
+        trained = _train(cfg, ctx.sweep, storage, splits, model, device, solo_columns(solo_reason))
+        row = record_trained(cfg, ctx, storage, splits, trained, started)
 
     todo = missing_metrics(cfg, set(storage.list_names("measures", ".parquet")))
     if row["status"] == "ok" and todo:
@@ -124,10 +128,34 @@ def run_trial(cfg: TrialConfig, ctx: RunContext) -> dict[str, Any]:
     return row
 
 
+def solo_columns(reason: str) -> dict[str, Any]:
+    """The packing columns of a trial that trained alone (see workers.packing)."""
+    return {"pack_size": 1, "pack_id": "", "unpacked_reason": reason}
+
+
+@dataclass
+class Trained:
+    """What training left behind, for `record_trained` (a solo trial or a pack member)."""
+
+    model: torch.nn.Module  # in the default layout
+    history: list[dict[str, Any]]  # one row per epoch, from `history_row`
+    start_epoch: int  # the epoch training resumed from (0: a fresh start)
+    blown_up: int  # the epoch whose training loss was not finite; 0: trained to the end
+    extras: dict[str, Any]  # more entries for the final checkpoint (late-phase members)
+    train_time: float  # seconds
+    ran: dict[str, Any]  # how it ran: fast-path and packing columns of the trials row
+
+
+def history_row(base: dict[str, Any], stats: EpochStats) -> dict[str, Any]:
+    return {**base, "epoch": stats.epoch, "lr": stats.lr, "train_loss": stats.train_loss,
+            "train_acc": stats.train_acc, "step_size": stats.step_size,
+            "step_size_unclipped": stats.step_size_unclipped, "epoch_time_s": stats.time_s}
+
+
 def _train(
-    cfg: TrialConfig, ctx: RunContext, storage: Storage, splits: Splits,
-    model: torch.nn.Module, device: str, started: float,
-) -> dict[str, Any]:
+    cfg: TrialConfig, sweep: str, storage: Storage, splits: Splits, model: torch.nn.Module, device: str,
+    packing: dict[str, Any],
+) -> Trained:
     key = cfg.trial_key
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -146,18 +174,16 @@ def _train(
         model.load_state_dict(last["model"])
         history, start_epoch = last["history"], last["epoch"]
 
-    base = config_columns(cfg, ctx.sweep)
+    base = config_columns(cfg, sweep)
 
     def on_epoch(stats: EpochStats) -> None:
-        history.append({**base, "epoch": stats.epoch, "lr": stats.lr, "train_loss": stats.train_loss,
-                        "train_acc": stats.train_acc, "step_size": stats.step_size,
-                        "step_size_unclipped": stats.step_size_unclipped, "epoch_time_s": stats.time_s})
+        history.append(history_row(base, stats))
         if stats.epoch % cfg.train.checkpoint_every == 0 and stats.epoch < cfg.train.epochs:
             checkpoints.save(storage, key, "last", {
                 "model": model.state_dict(), "hooks": [h.state_dict() for h in hooks],
                 "history": history, "epoch": stats.epoch,
             })
-        _inject_fault(key, stats.epoch)
+        inject_fault(key, stats.epoch)
 
     train_start = time.perf_counter()
     x_train = fast.inputs(splits.x_train)
@@ -167,24 +193,33 @@ def _train(
     # SWA's averaged weights, late-phase's collapsed model; extras keep all members.
     extras = finish(hooks, x_train) if blown_up is None else {}
     fast.release(model)  # evaluation, checkpoint and metrics see the default layout
-    train_time = time.perf_counter() - train_start
+    return Trained(model, history, start_epoch, 0 if blown_up is None else blown_up.epoch, extras,
+                   time.perf_counter() - train_start, {**fast.columns(), **packing})
 
+
+def record_trained(
+    cfg: TrialConfig, ctx: RunContext, storage: Storage, splits: Splits, trained: Trained, started: float,
+) -> dict[str, Any]:
+    """Evaluate a trained model and write its records: `final` checkpoint, `history`, and
+    last the `trials` row, which marks the model as done; the `last` checkpoint goes."""
+    key, model = cfg.trial_key, trained.model
     eval_start = time.perf_counter()
-    if blown_up is None:
+    if not trained.blown_up:
         status, error = "ok", ""
         chunk = cfg.measure.eval_batch_size
         train_loss, train_acc = evaluate(model, splits.x_train, splits.y_train, chunk)
         test_loss, test_acc = evaluate(model, splits.x_test, splits.y_test, chunk)
-        checkpoints.save(storage, key, "final", {"model": model.state_dict(), **extras})
+        checkpoints.save(storage, key, "final", {"model": model.state_dict(), **trained.extras})
     else:
-        status, error = "diverged", f"non-finite training loss at epoch {blown_up.epoch}"
+        status, error = "diverged", f"non-finite training loss at epoch {trained.blown_up}"
         train_loss = train_acc = test_loss = test_acc = NAN
+    history = trained.history
     row = {
-        **base,
+        **config_columns(cfg, ctx.sweep),
         "status": status,
         "error": error,
         "epochs_done": history[-1]["epoch"] if history else 0,
-        "resumed_from_epoch": start_epoch,
+        "resumed_from_epoch": trained.start_epoch,
         "n_params": n_parameters(model),
         "norm_layer": norm_layer(cfg.model.model, cfg.model.batchnorm),
         "n_train": len(splits.y_train),
@@ -194,10 +229,10 @@ def _train(
         "train_acc": train_acc,
         "test_loss": test_loss,
         "test_acc": test_acc,
-        "time_train_s": train_time,
+        "time_train_s": trained.train_time,
         "time_eval_s": time.perf_counter() - eval_start,
         "time_total_s": time.perf_counter() - started,
-        **fast.columns(),
+        **trained.ran,
         **provenance(ctx.resolved_device(), ctx.code_version),
     }
     if history:
@@ -235,7 +270,7 @@ def _measure(
     return scalars
 
 
-def _inject_fault(trial_key: str, epoch: int) -> None:
+def inject_fault(trial_key: str, epoch: int) -> None:
     """Test hook: LANDSCAPE_FAULT_KILL="<trial_key prefix>:<epoch>" kills this process.
 
     The reliability tests use it to prove that a SIGKILLed worker resumes from its last
