@@ -28,7 +28,7 @@ TABLES = ("trials", "history", "measures", "curves", "pairs", "failures")
 NOT_CONFIG = {
     "sweep", "trial_key", "cell_key", "status", "error", "metric", "settings", "host", "node_id", "pid", "device",
     "python_version", "torch_version", "numpy_version", "pyarrow_version", "code_version",
-    "schema_version", "written_at",
+    "schema_version", "written_at", "pack_size", "pack_id", "unpacked_reason",
 }
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from typing import Any
 
 from sweeps import driver
 from sweeps.presets import PRESETS, preset_values
-from sweeps.resources import AUTO
+from sweeps.progress import job_label
+from sweeps.resources import AUTO, job_gpus
 from sweeps.spec import SweepSpec, parse_assignment
 from workers.errors import ConfigError, StorageError
+from workers.packing.plan import PackPlan, plan_packs
 from workers.storage import is_uri
 
 EXIT_BAD_INPUT = 2
@@ -76,6 +79,9 @@ def build_parser(study: str, description: str) -> argparse.ArgumentParser:
                         help="override a value; repeatable; a comma list makes an axis")
     parser.add_argument("--dry-run", action="store_true", help="print the grid, trial count and resources; start nothing")
     parser.add_argument("--in-process", action="store_true", help="run trials one by one in this process, without Ray (for debugging)")
+    parser.add_argument("--pack", default=AUTO, metavar="auto|off|N",
+                        help="train same-shaped models as one fused network: 'auto' where it pays on the "
+                        "training device, 'off', or packs of up to N (default: auto; see workers/packing)")
     return parser
 
 
@@ -103,9 +109,9 @@ def check_storage_writable(location: str) -> None:
         raise ConfigError("--storage", f"{path} is not writable (checked {existing})")
 
 
-def print_dry_run(spec: SweepSpec, options: driver.RunOptions, n_trials: int) -> None:
+def print_dry_run(spec: SweepSpec, options: driver.RunOptions, trials: list) -> None:
     print(f"sweep {spec.name} ({spec.study}, preset {spec.preset}) -> {spec.storage}")
-    print(f"trials: {n_trials}")
+    print(f"trials: {len(trials)}")
     print("grid:")
     for key, values in spec.axes().items():
         print(f"  {key} ({len(values)}): {', '.join(map(str, values))}")
@@ -114,18 +120,36 @@ def print_dry_run(spec: SweepSpec, options: driver.RunOptions, n_trials: int) ->
     gpus = options.gpus_per_trial
     gpus_text = f"{gpus:g} GPU" if gpus != AUTO else "GPU by model width (auto)"
     print(f"resources per trial: {options.cpus_per_trial:g} CPU, {gpus_text}")
+    print_packs(plan_packs(trials, options.pack_policy()), options, list(spec.axes()))
+
+
+def print_packs(packs: list[PackPlan], options: driver.RunOptions, axes: list[str]) -> None:
+    """The training jobs `--pack` makes: each pack with its GPU share, and the solo
+    trials counted by their reason."""
+    policy = options.pack_policy()
+    grouped = [p for p in packs if len(p.members) > 1]
+    print(f"packing ({policy.why}): {sum(len(p.members) for p in grouped)} models in {len(grouped)} packs, "
+          f"{len(packs) - len(grouped)} solo")
+    for plan in grouped:
+        share = job_gpus({"kind": "pack", "members": [c.to_flat() for c in plan.members]}, options.gpus_per_trial)
+        print(f"  {job_label({'kind': 'pack', 'members': [c.to_flat() for c in plan.members], 'pairs': []}, axes)}"
+              f"  {options.cpus_per_trial:g} CPU, {share:g} GPU")
+    reasons = Counter(p.solo_reason for p in packs if len(p.members) == 1)
+    for reason, count in reasons.most_common():
+        print(f"  solo: {count} ({reason})")
 
 
 def main(study: str, description: str, argv: list[str] | None = None) -> int:
     args = build_parser(study, description).parse_args(argv)
     options = driver.RunOptions(address=args.address, max_concurrent=args.max_concurrent,
                                 cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                                in_process=args.in_process, max_retries=args.max_retries)
+                                in_process=args.in_process, max_retries=args.max_retries, pack=args.pack)
     try:
+        options.pack_policy()  # a bad --pack fails here, before anything runs
         spec = spec_from_args(study, args)
         trials = spec.trials()
         if args.dry_run:
-            print_dry_run(spec, options, len(trials))
+            print_dry_run(spec, options, trials)
             return 0
         check_storage_writable(spec.storage)
         summary = driver.run(spec, trials, options)

@@ -20,6 +20,7 @@ overrides the table for every trial of the sweep.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 AUTO = "auto"
@@ -32,7 +33,7 @@ GPU_RULES: dict[str, tuple[tuple[float, float], ...]] = {
 WHOLE_GPU = 1.0
 
 
-def gpu_fraction(model: str, width: int) -> float:
+def gpu_fraction(model: str, width: float) -> float:
     """The GPU share of one trial of `model` at `width` (see the rule table)."""
     for largest, fraction in GPU_RULES.get(model, ()):
         if width <= largest:
@@ -42,9 +43,14 @@ def gpu_fraction(model: str, width: int) -> float:
 
 def job_gpus(job_config: dict[str, Any], setting: float | str) -> float:
     """GPUs for one Tune job: `setting` itself, or under `auto` the rule for its model
-    (a pair job measures two models of one cell: the same model and width)."""
+    (a pair job measures two models of one cell: the same model and width). A pack of G
+    models of width k computes about as much as one model of width k*sqrt(G) (compute
+    grows as k^2), so it gets that model's share."""
     if setting != AUTO:
         return float(setting)
+    if job_config.get("kind") == "pack":
+        members = job_config["members"]
+        return gpu_fraction(members[0]["model"], int(members[0]["width"]) * math.sqrt(len(members)))
     flat = job_config.get("trial") or job_config.get("a")
     if flat is None:  # not a model job (e.g. a benchmark's placeholder work)
         return WHOLE_GPU

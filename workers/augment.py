@@ -31,13 +31,22 @@ class Augment:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A new (N, C, H, W) batch: each image shifted by its own random offset (the
-        uncovered border is zero) and possibly mirrored."""
+        uncovered border is zero) and possibly mirrored, in `x`'s memory layout."""
+        out = x
         if self.crop:
-            x = self._random_crops(x, generator)
+            out = self._random_crops(out, generator)
         if self.flip:
             flipped = torch.randint(0, 2, (len(x),), generator=generator).bool().to(x.device)
-            x = torch.where(flipped.view(-1, 1, 1, 1), x.flip(3), x)
-        return x
+            out = torch.where(flipped.view(-1, 1, 1, 1), out.flip(3), out)
+        return out if out.stride() == x.stride() else self._in_layout_of(x, out)
+
+    @staticmethod
+    def _in_layout_of(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`out` copied into `x`'s strides (default or channels_last, workers.fast_path).
+        The crops' gather and `torch.where` leave strides of their own; with one channel
+        those count as contiguous, and oneDNN's convolution backward (torch 2.14.1, CPU)
+        then corrupts memory and crashes the process."""
+        return torch.empty_like(x).copy_(out)
 
     def _random_crops(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -46,10 +55,8 @@ class Augment:
         rows = (offsets[:, 0, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
         cols = (offsets[:, 1, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
         images = torch.arange(n, device=x.device)[:, None, None]
-        # one gather for the whole batch in (N, H, W, C), viewed back as (N, C, H, W); its
-        # memory is channels_last, kept only if the batch came that way (workers.fast_path)
-        crops = padded.permute(0, 2, 3, 1)[images, rows, cols].permute(0, 3, 1, 2)
-        return crops if x.is_contiguous(memory_format=torch.channels_last) else crops.contiguous()
+        # one gather for the whole batch in (N, H, W, C), viewed back as (N, C, H, W)
+        return padded.permute(0, 2, 3, 1)[images, rows, cols].permute(0, 3, 1, 2)
 
 
 NONE = Augment()

@@ -99,7 +99,7 @@ def solo_reason(cfg: TrialConfig, policy: PackPolicy) -> str:
         return "late-phase weights train solo"
     if cfg.swa.start:
         return "SWA trains solo"
-    if cfg.optim.optimizer not in PACKED_OPTIMIZERS:
+    if cfg.optim.optimizer not in PACKED_OPTIMIZERS.names():
         return f"optimizer {cfg.optim.optimizer} has no packed version"
     bad = _unsupported(cfg.model.model, cfg.model.batchnorm)
     if bad:

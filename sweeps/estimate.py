@@ -1,0 +1,551 @@
+"""What a sweep costs in device-hours, packed and solo, from a few timed training steps.
+
+`estimate(trials, policy, device)` times a sample of the grid's training shapes on
+`device` (random tensors of the dataset's shape: nothing is downloaded), fits one cost
+model per kind of step,
+
+    seconds per step = overhead + seconds per FLOP x FLOPs of the step,
+
+one for solo steps and one for packed steps (a pack of G models: G times the FLOPs of a
+member's step, one overhead), and projects every trial, pack, Bezier fit and per-model
+metric of the grid with it. A model, not a timing of every shape, because the paper's
+grid spans a factor of about 10^6 in FLOPs per step (width 1 at batch 16 to width 128 at
+batch 1024): the wide shapes take minutes per step on a CPU. The cheap end of the sample
+pins the overhead, the dear end the seconds per FLOP.
+
+FLOPs are counted, not assumed: multiply-adds of every convolution and linear layer in
+one forward pass of the trial's own model, built on the meta device (no memory, no
+arithmetic), times 2 (a multiply-add is two FLOPs) and times 3 for a training step
+(forward, input gradients, weight gradients). BatchNorm, ReLU and the optimizer's
+elementwise work are left to the fitted overhead and slope.
+
+On a CPU the steps run with `threads` torch threads (default 1, what a sweep's trial
+gets with `--cpus-per-trial 1`), so the hours are CPU core-hours.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from sweeps.pairs import PairPlan, plan_pairs
+from workers.augment import Augment
+from workers.config import TrialConfig
+from workers.data import DATASETS, Splits
+from workers.fast_path import FastPath
+from workers.metrics.common import parameter_groups
+from workers.metrics.interpolation import alpha_grid
+from workers.models import build_model
+from workers.packing.modules import pack
+from workers.packing.optim import build_packed_optimizer
+from workers.packing.plan import PackPlan, PackPolicy, plan_packs
+from workers.packing.train import PackedUpdate, pack_fast_path, train_packed_epoch
+from workers.pairwise import fit_bend, trainable_weights
+from workers.train import train_epoch
+from workers.trial import new_model, seed_everything, training_hooks
+
+TRAIN_PASSES = 3  # a training step: forward + input gradients + weight gradients, each ~ one forward
+HVP_PASSES = 2  # assumed: one Hessian-vector product ~ two training passes (double backward)
+LANCZOS_STEPS = 10  # assumed HVPs per top eigenvalue (README: 5-8 at tol 1e-2; max_iter caps it)
+REPEATS = 3  # timed epochs per shape, after one warm-up epoch; the median counts
+TARGET_EPOCH_S = 0.3  # steps per timed epoch are chosen to take about this long
+MIN_STEPS, MAX_STEPS, FIRST_STEPS = 2, 20, 5
+RUNG_RATIO = 2.5  # each timed shape has at least this many times the FLOPs of the last
+SHARES = {"solo": 0.45, "packed": 0.45, "bezier": 0.10}  # of the timing budget
+
+
+# ---------------------------------------------------------------- FLOPs and steps
+
+
+@functools.cache
+def forward_macs(model: str, width: int, shape: tuple[int, ...], classes: int, batchnorm: bool = True) -> int:
+    """Multiply-adds of one sample's forward pass through the conv and linear layers,
+    counted with forward hooks on the model built on the meta device, so that a width-128
+    model costs nothing to count."""
+    with torch.device("meta"):
+        net = build_model(model, width, tuple(shape), classes, batchnorm=batchnorm)
+        x = torch.empty(1, *shape)
+    total = 0
+
+    def count(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
+        else:
+            total += output.numel() * module.in_features
+
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.register_forward_hook(count)
+    with torch.no_grad():
+        net.eval()(x)  # eval: BatchNorm takes a batch of one even at 1x1 pixels
+    return total
+
+
+def forward_flops(cfg: TrialConfig) -> float:
+    """FLOPs of one sample's forward pass of `cfg`'s model on its dataset's images."""
+    meta = DATASETS.meta(cfg.data.dataset)
+    m = cfg.model
+    return 2.0 * forward_macs(m.model, m.width, tuple(meta["shape"]), meta["classes"], m.batchnorm)
+
+
+def step_flops(cfg: TrialConfig, members: int = 1, batch_size: int | None = None) -> float:
+    """FLOPs of one training step: a batch through forward and backward, for every
+    member of a pack (a pack's grouped layers do exactly its members' arithmetic)."""
+    batch = cfg.train.batch_size if batch_size is None else batch_size
+    return TRAIN_PASSES * forward_flops(cfg) * batch * members
+
+
+def steps_per_epoch(cfg: TrialConfig, batch_size: int | None = None) -> int:
+    """Full batches per epoch: the loop drops the last partial batch (workers.train)."""
+    batch = cfg.train.batch_size if batch_size is None else batch_size
+    return cfg.data.n_train() // min(batch, cfg.data.n_train())
+
+
+def steps_per_trial(cfg: TrialConfig) -> int:
+    """Training steps of one trial: epochs x full batches of its training subset."""
+    return cfg.train.epochs * steps_per_epoch(cfg)
+
+
+# ---------------------------------------------------------------- the cost model
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """seconds per step = overhead_s + s_per_gflop x GFLOPs of the step."""
+
+    overhead_s: float
+    s_per_gflop: float
+
+    def seconds(self, flops: float) -> float:
+        return self.overhead_s + self.s_per_gflop * flops / 1e9
+
+
+def fit_step_model(flops: Sequence[float], seconds: Sequence[float]) -> StepModel:
+    """Least squares on relative error (each row divided by its measured time), so a
+    1 ms shape counts as much as a 1 s one, with both coefficients kept >= 0: the exact
+    two-variable non-negative solution is the unconstrained one if it is feasible, else
+    the better of the two one-coefficient fits."""
+    g = np.asarray(flops, dtype=float) / 1e9
+    t = np.asarray(seconds, dtype=float)
+    if len(t) == 1:
+        return StepModel(0.0, float(t[0] / g[0]))
+    a, b = np.stack([1 / t, g / t], axis=1), np.ones_like(t)
+    candidates = [np.array([a[:, 0] @ b / (a[:, 0] @ a[:, 0]), 0.0]),
+                  np.array([0.0, a[:, 1] @ b / (a[:, 1] @ a[:, 1])])]
+    free = np.linalg.lstsq(a, b, rcond=None)[0]
+    if (free >= 0).all():
+        candidates.append(free)
+    best = min(candidates, key=lambda x: float(np.sum((a @ x - b) ** 2)))
+    return StepModel(float(best[0]), float(best[1]))
+
+
+# ---------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One kind of step to time: a solo step, a packed step of `members`, or a Bezier step."""
+
+    kind: str  # "solo", "packed" or "bezier"
+    width: int
+    batch_size: int
+    members: int
+    flops: float  # per step
+    configs: tuple[TrialConfig, ...] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Timing:
+    shape: Shape
+    seconds: float  # median seconds per step
+    steps: int  # steps per timed epoch
+
+
+def synthetic_splits(cfg: TrialConfig, n: int, device: str) -> Splits:
+    """`n` random images of the dataset's shape with random labels: what a step costs
+    does not depend on the pixels, and no dataset has to be downloaded."""
+    meta = DATASETS.meta(cfg.data.dataset)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, *meta["shape"], generator=generator).to(device)
+    y = torch.randint(meta["classes"], (n,), generator=generator).to(device)
+    return Splits(x, y, x[:0], y[:0], meta["classes"], 0)
+
+
+def _solo_runner(shape: Shape, device: str, steps: int) -> Callable[[int], object]:
+    """One epoch of `steps` steps of the trial's own solo loop (its optimizer, fast path)."""
+    cfg = shape.configs[0]
+    splits = synthetic_splits(cfg, steps * shape.batch_size, device)
+    seed_everything(cfg.train.seed)
+    model = new_model(cfg, splits, device)
+    fast = FastPath.for_device(cfg.train, device)
+    fast.model(model)
+    update = training_hooks(cfg, model, fast)[0]
+    x, augment = fast.inputs(splits.x_train), Augment.of(cfg.data)
+    return lambda epoch: train_epoch(model, update, x, splits.y_train, shape.batch_size, cfg.train.seed,
+                                     epoch, augment)
+
+
+def _packed_runner(shape: Shape, device: str, steps: int) -> Callable[[int], object]:
+    """One epoch of the pack's loop, built as `workers.packing.job.train_pack` builds it."""
+    cfgs = shape.configs
+    splits = synthetic_splits(cfgs[0], steps * shape.batch_size, device)
+    models = []
+    for cfg in cfgs:
+        seed_everything(cfg.train.seed)
+        models.append(new_model(cfg, splits, device))
+    packed = pack(models)
+    fast = pack_fast_path(cfgs[0].train, device)
+    fast.model(packed)
+    optimizer = build_packed_optimizer(list(packed.parameters()), cfgs)
+    update = PackedUpdate(packed, optimizer, fast)
+    x, ys = fast.inputs(splits.x_train), [splits.y_train] * len(cfgs)
+    seeds, augment = [c.train.seed for c in cfgs], Augment.of(cfgs[0].data)
+    return lambda epoch: train_packed_epoch(update, x, ys, batch_size=shape.batch_size, seeds=seeds,
+                                            epoch=epoch, lrs=optimizer.base_lrs, augment=augment)
+
+
+def _bezier_runner(shape: Shape, device: str, steps: int) -> Callable[[int], object]:
+    """One epoch of a pair's Bezier fit (`workers.pairwise.fit_bend`) between two seeds."""
+    cfg = shape.configs[0]
+    options = cfg.pairs
+    splits = synthetic_splits(cfg, steps * shape.batch_size, device)
+    ends = []
+    for seed in (0, 1):
+        seed_everything(seed)
+        ends.append(new_model(cfg, splits, device))
+    w_a, w_b = trainable_weights(ends[0]), trainable_weights(ends[1])
+    augment = Augment.of(cfg.data)
+    return lambda epoch: fit_bend(ends[0], w_a, w_b, splits.x_train, splits.y_train, epochs=1, lr=options.bezier_lr,
+                                  momentum=options.bezier_momentum, weight_decay=options.bezier_weight_decay,
+                                  batch_size=shape.batch_size, seed=epoch, augment=augment)
+
+
+RUNNERS = {"solo": _solo_runner, "packed": _packed_runner, "bezier": _bezier_runner}
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_shape(shape: Shape, device: str, steps: int) -> Timing:
+    """Median seconds per step over REPEATS epochs of `steps` steps, after a warm-up
+    epoch that pays the first-call costs (allocator, oneDNN/cuDNN kernel choice)."""
+    run = RUNNERS[shape.kind](shape, device, steps)
+    run(0)
+    per_step = []
+    for epoch in range(1, REPEATS + 1):
+        _sync(device)
+        start = time.perf_counter()
+        run(epoch)
+        _sync(device)
+        per_step.append((time.perf_counter() - start) / steps)
+    return Timing(shape, statistics.median(per_step), steps)
+
+
+def _guess(timings: list[Timing], flops: float) -> float | None:
+    """Predicted seconds per step of a shape not timed yet: the fit of what was timed,
+    or with one timing time proportional to FLOPs (an overestimate: no overhead)."""
+    if not timings:
+        return None
+    if len(timings) == 1:
+        return timings[0].seconds * max(1.0, flops / timings[0].shape.flops)
+    return fit_step_model([t.shape.flops for t in timings], [t.seconds for t in timings]).seconds(flops)
+
+
+def ladder(shapes: list[Shape], device: str, budget_s: float, max_points: int = 8) -> list[Timing]:
+    """Time shapes of increasing FLOPs, each at least RUNG_RATIO times the last, while
+    the predicted cost of the next fits in `budget_s` (the first two always run, so a
+    line can be fitted). Costs grow geometrically, so the budget decides how far up the
+    grid the sample reaches and the model extrapolates the rest."""
+    deadline = time.perf_counter() + budget_s
+    timings: list[Timing] = []
+    for shape in sorted(shapes, key=lambda s: s.flops):
+        if len(timings) >= max_points:
+            break
+        if timings and shape.flops < RUNG_RATIO * timings[-1].shape.flops:
+            continue
+        step_s = _guess(timings, shape.flops)
+        steps = FIRST_STEPS if step_s is None else min(MAX_STEPS, max(MIN_STEPS, math.ceil(TARGET_EPOCH_S / step_s)))
+        cost = (REPEATS + 1) * steps * (step_s or 0.0)
+        if len(timings) >= 2 and time.perf_counter() + cost > deadline:
+            break
+        timings.append(time_shape(shape, device, steps))
+    return timings
+
+
+# ---------------------------------------------------------------- the grid's shapes
+
+
+def solo_shapes(trials: Sequence[TrialConfig]) -> list[Shape]:
+    """One solo shape per distinct (dataset, model, width, batch size) of the grid."""
+    seen: dict[tuple, Shape] = {}
+    for cfg in trials:
+        key = (cfg.data.dataset, cfg.model.model, cfg.model.width, cfg.train.batch_size)
+        if key not in seen:
+            seen[key] = Shape("solo", cfg.model.width, cfg.train.batch_size, 1, step_flops(cfg), (cfg,))
+    return list(seen.values())
+
+
+def packed_shapes(plans: Sequence[PackPlan]) -> list[Shape]:
+    """One packed shape per distinct (dataset, model, width, batch size, pack size) the plan uses."""
+    seen: dict[tuple, Shape] = {}
+    for plan in plans:
+        cfg, size = plan.members[0], len(plan.members)
+        key = (cfg.data.dataset, cfg.model.model, cfg.model.width, cfg.train.batch_size, size)
+        if size > 1 and key not in seen:
+            seen[key] = Shape("packed", cfg.model.width, cfg.train.batch_size, size, step_flops(cfg, size),
+                              plan.members)
+    return list(seen.values())
+
+
+def bezier_batch(cfg: TrialConfig) -> int:
+    return min(cfg.pairs.bezier_batch_size, cfg.data.n_train())
+
+
+def bezier_shapes(pairs: Sequence[PairPlan]) -> list[Shape]:
+    """One Bezier shape per distinct (dataset, model, width, curve batch size) with a curve."""
+    seen: dict[tuple, Shape] = {}
+    for pair in pairs:
+        cfg = pair.a
+        key = (cfg.data.dataset, cfg.model.model, cfg.model.width, bezier_batch(cfg))
+        if pair.with_mc and key not in seen:
+            batch = bezier_batch(cfg)
+            seen[key] = Shape("bezier", cfg.model.width, batch, 1, step_flops(cfg, batch_size=batch), (cfg,))
+    return list(seen.values())
+
+
+# ---------------------------------------------------------------- per-model and per-pair work
+
+
+def _n_groups(cfg: TrialConfig, specs: tuple[str, ...], name: str) -> int:
+    """How many parameter groups a metric's `groups` option makes on this model."""
+    if not specs:
+        return 0
+    meta = DATASETS.meta(cfg.data.dataset)
+    with torch.device("meta"):
+        model = build_model(cfg.model.model, 1, tuple(meta["shape"]), meta["classes"], batchnorm=cfg.model.batchnorm)
+    return len(parameter_groups(model, specs, name))
+
+
+def metric_samples(cfg: TrialConfig) -> tuple[float, list[str]]:
+    """Forward-pass equivalents (samples x passes) of one model's evaluation and metrics,
+    and the names of selected metrics this estimate does not model."""
+    n_train, n_test = cfg.data.n_train(), DATASETS.meta(cfg.data.dataset)["n_test"]
+    passes = float(n_train + n_test)  # final evaluation on both splits
+    missing = []
+    for name in cfg.measure.metrics:
+        options = cfg.sections[name]
+        if name == "hessian":
+            hvps = min(options.max_iter, LANCZOS_STEPS * options.top_k) + options.trace_probes
+            hvps += options.density_runs * options.density_steps
+            hvps *= 1 + _n_groups(cfg, options.groups, "hessian.groups")
+            passes += min(options.n_samples, n_train) * TRAIN_PASSES * (1 + HVP_PASSES * hvps)
+        elif name == "interpolation":
+            points = len(alpha_grid(options.points, options.extend))
+            points += _n_groups(cfg, options.groups, "interpolation.groups") * options.group_points * len(options.others_at)
+            per_point = 2 + (options.bn_stats == "recompute")  # train and test subsets (+ BN statistics)
+            passes += points * per_point * min(options.eval_samples, n_train)
+        else:
+            missing.append(name)
+    return passes, missing
+
+
+def pair_samples(pair: PairPlan) -> float:
+    """Forward-pass equivalents of one pair's similarity and, with mc, its curve's
+    evaluation (BatchNorm statistics on the training set, then both splits, per point);
+    the curve's fit is priced by the Bezier step model."""
+    cfg = pair.a
+    options = cfg.pairs
+    passes = 2.0 * min(options.cka_samples, cfg.data.n_train())
+    if pair.with_mc:
+        n_train, n_test = cfg.data.n_train(), DATASETS.meta(cfg.data.dataset)["n_test"]
+        passes += options.bezier_points * (2 * n_train + n_test)
+    return passes
+
+
+# ---------------------------------------------------------------- projection
+
+
+@dataclass
+class Estimate:
+    """The timed shapes, the fitted models and the grid's projected seconds per part."""
+
+    device: str
+    threads: int
+    n_trials: int
+    wall_s: float
+    timings: list[Timing]
+    models: dict[str, StepModel]  # "solo", "packed" and "bezier" (the last two when timed)
+    parts: dict[str, tuple[float, float]]  # part -> (packed seconds, solo seconds)
+    notes: list[str]
+
+    @property
+    def unit(self) -> str:
+        kind = torch.device(self.device).type
+        return {"cpu": "CPU-hours", "cuda": "GPU-hours"}.get(kind, f"{kind}-hours")
+
+    def total_hours(self) -> tuple[float, float]:
+        """(packed, solo) device-hours of the whole grid."""
+        return (sum(p for p, _ in self.parts.values()) / 3600, sum(s for _, s in self.parts.values()) / 3600)
+
+    def format(self) -> str:
+        """The lines to print under a dry run."""
+        where = f"{self.device}, {self.threads} torch thread(s)" if self.unit == "CPU-hours" else self.device
+        lines = [f"cost estimate on {where}: {len(self.timings)} shapes timed in {self.wall_s:.0f} s",
+                 f"  {'kind':<7}{'width':>6}{'batch':>7}{'members':>8}{'GFLOP/step':>12}"
+                 f"{'measured ms':>13}{'fitted ms':>11}{'error':>8}"]
+        for t in self.timings:
+            s = t.shape
+            fitted = self.models[s.kind].seconds(s.flops)
+            lines.append(f"  {s.kind:<7}{s.width:>6}{s.batch_size:>7}{s.members:>8}{s.flops / 1e9:>12.3f}"
+                         f"{t.seconds * 1e3:>13.2f}{fitted * 1e3:>11.2f}{(fitted - t.seconds) / t.seconds:>+8.1%}")
+        lines.append("cost per step (fit on relative error, coefficients >= 0):")
+        for kind, model in self.models.items():
+            lines.append(f"  {kind:<7}{model.overhead_s * 1e3:9.2f} ms + {model.s_per_gflop:.4g} s/GFLOP")
+        packed, solo = self.total_hours()
+        lines.append(f"projected {self.unit} of the grid ({self.n_trials} trials):")
+        wide = max(len(part) for part in [*self.parts, "total"]) + 2
+        lines.append(f"  {'part':<{wide}}{'packed':>12}{'solo':>12}")
+        rows = [*((part, p / 3600, s / 3600) for part, (p, s) in self.parts.items()), ("total", packed, solo)]
+        lines += [f"  {part:<{wide}}{_hours(p):>12}{_hours(s):>12}" for part, p, s in rows]
+        lines.append(f"  solo / packed: {solo / packed:.2f}x" if packed > 0 else "  solo / packed: -")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _hours(value: float) -> str:
+    """Thousands separated for a grid's thousands of hours, 3 significant digits below 100."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _training_seconds(trials: Sequence[TrialConfig], plans: Sequence[PackPlan], solo: StepModel,
+                      packed: StepModel | None) -> tuple[float, float]:
+    """(packed, solo) seconds of training: every trial alone, or every job of the plan."""
+    solo_s = sum(steps_per_trial(c) * solo.seconds(step_flops(c)) for c in trials)
+    packed_s = 0.0
+    for plan in plans:
+        cfg, size = plan.members[0], len(plan.members)
+        model = solo if size == 1 or packed is None else packed
+        packed_s += steps_per_trial(cfg) * model.seconds(step_flops(cfg, size))
+    return packed_s, solo_s
+
+
+def _bezier_seconds(pairs: Sequence[PairPlan], bezier: StepModel) -> float:
+    """Seconds of every curve fit: `pairs.bezier_epochs` epochs at the curve's batch size."""
+    total = 0.0
+    for pair in pairs:
+        if pair.with_mc:
+            cfg, batch = pair.a, bezier_batch(pair.a)
+            steps = cfg.pairs.bezier_epochs * steps_per_epoch(cfg, batch)
+            total += steps * bezier.seconds(step_flops(cfg, batch_size=batch))
+    return total
+
+
+def _bezier_model(timings: list[Timing], solo: StepModel) -> StepModel:
+    """A Bezier step does a training step's convolutions (same FLOPs) plus elementwise
+    work on the weights (theta(t), its penalty, the bend's update): the solo seconds per
+    FLOP and an overhead of its own, the median of the timed steps' excess over it."""
+    excess = [t.seconds - solo.s_per_gflop * t.shape.flops / 1e9 for t in timings]
+    return StepModel(max(0.0, statistics.median(excess)), solo.s_per_gflop)
+
+
+def project(trials: Sequence[TrialConfig], plans: Sequence[PackPlan], pairs: Sequence[PairPlan],
+            models: dict[str, StepModel]) -> tuple[dict[str, tuple[float, float]], list[str]]:
+    """Seconds of the grid per part, (packed, solo); evaluation, metrics and pairs run
+    per model in both cases (a pack's members are measured one by one), so only
+    training differs. Forward passes are priced at the solo seconds per FLOP (large
+    evaluation chunks: no overhead worth counting)."""
+    solo = models["solo"]
+    n_jobs = len(plans)
+    n_packed = sum(len(p.members) for p in plans if len(p.members) > 1)
+    training = _training_seconds(trials, plans, solo, models.get("packed"))
+    parts = {f"training: {n_packed} models in {sum(len(p.members) > 1 for p in plans)} packs, "
+             f"{n_jobs - sum(len(p.members) > 1 for p in plans)} solo": training}
+    metric_s, missing = 0.0, set()
+    for cfg in trials:
+        passes, unmodelled = metric_samples(cfg)
+        metric_s += passes * forward_flops(cfg) * solo.s_per_gflop / 1e9
+        missing.update(unmodelled)
+    names = sorted({m for c in trials for m in c.measure.metrics} - missing)
+    parts[f"evaluation + metrics ({', '.join(names) or 'none'})"] = (metric_s, metric_s)
+    notes = [f"metrics not modelled (left out): {', '.join(sorted(missing))}"] if missing else []
+    with_mc = [p for p in pairs if p.with_mc]
+    if pairs:
+        similarity = sum(pair_samples(p) * forward_flops(p.a) for p in pairs) * solo.s_per_gflop / 1e9
+        fits = _bezier_seconds(pairs, models["bezier"]) if with_mc else 0.0
+        epochs = sorted({p.a.pairs.bezier_epochs for p in with_mc})
+        batches = sorted({bezier_batch(p.a) for p in with_mc})
+        label = (f"seed pairs: {len(pairs)} (CKA, L2), {len(with_mc)} Bezier fits "
+                 f"({'/'.join(map(str, epochs))} ep. at batch {'/'.join(map(str, batches))})")
+        parts[label] = (fits + similarity, fits + similarity)
+    return parts, notes
+
+
+def _assumption_notes(timings: list[Timing], models: dict[str, StepModel], threads: int, device: str) -> list[str]:
+    notes = [f"training step = {TRAIN_PASSES} forward passes of counted conv/linear FLOPs; "
+             f"a Hessian-vector product = {HVP_PASSES} training passes, {LANCZOS_STEPS} Lanczos steps "
+             "per eigenvalue plus the trace probes"]
+    if "bezier" in models:
+        ratios = [t.seconds / models["solo"].seconds(t.shape.flops) for t in timings if t.shape.kind == "bezier"]
+        notes.append("Bezier step = training step's FLOPs at the solo s/GFLOP plus its own overhead; timed at "
+                     f"{'/'.join(f'{r:.2f}' for r in ratios)}x the fitted solo step of the same shape")
+    solo_max = max((t.shape.flops for t in timings if t.shape.kind == "solo"), default=0.0)
+    notes.append(f"largest timed solo step {solo_max / 1e9:.3g} GFLOP: wider/larger shapes are extrapolated")
+    if torch.device(device).type == "cpu":
+        notes.append(f"{threads} torch thread(s) per step, as a trial with --cpus-per-trial {threads}")
+    return notes
+
+
+def estimate(trials: list[TrialConfig], policy: PackPolicy, device: str = "cpu", budget_s: float = 120.0,
+             threads: int = 1) -> Estimate:
+    """Time a sample of `trials`' shapes on `device` within about `budget_s` seconds,
+    fit the step models and project the grid's device-hours, packed as `policy` says
+    and solo. On a CPU the steps run on `threads` torch threads (restored after)."""
+    started = time.perf_counter()
+    saved_threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        plans = plan_packs(trials, policy)
+        pairs = plan_pairs(trials)
+        timings, models = _time_and_fit(trials, plans, pairs, device, budget_s)
+    finally:
+        torch.set_num_threads(saved_threads)
+    parts, notes = project(trials, plans, pairs, models)
+    notes += _assumption_notes(timings, models, threads, device)
+    return Estimate(device, threads, len(trials), time.perf_counter() - started, timings, models, parts, notes)
+
+
+def _time_and_fit(trials: Sequence[TrialConfig], plans: Sequence[PackPlan], pairs: Sequence[PairPlan],
+                  device: str, budget_s: float) -> tuple[list[Timing], dict[str, StepModel]]:
+    """Warm the process up once (the first optimizer step imports torch._dynamo, ~2 s),
+    then time each kind of step up its ladder, each kind's share of the budget rolling
+    over to the kinds after it."""
+    kinds = {"solo": solo_shapes(trials), "packed": packed_shapes(plans), "bezier": bezier_shapes(pairs)}
+    kinds = {k: v for k, v in kinds.items() if v}
+    deadline = time.perf_counter() + budget_s
+    RUNNERS["solo"](min(kinds["solo"], key=lambda s: s.flops), device, MIN_STEPS)(0)
+    timings: list[Timing] = []
+    models: dict[str, StepModel] = {}
+    waiting = {k: SHARES[k] for k in kinds}
+    for kind, shapes in kinds.items():
+        share = waiting[kind] / sum(waiting.values())
+        del waiting[kind]
+        got = ladder(shapes, device, share * max(0.0, deadline - time.perf_counter()),
+                     max_points=2 if kind == "bezier" else 8)
+        timings += got
+        if kind == "bezier":
+            models[kind] = _bezier_model(got, models["solo"])
+        else:
+            models[kind] = fit_step_model([t.shape.flops for t in got], [t.seconds for t in got])
+    return timings, models
