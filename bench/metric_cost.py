@@ -3,7 +3,7 @@
     python bench/metric_cost.py [--quick]
 
 Runs the demo preset's 16 models and 8 seed pairs in this process (1 thread, the same
-code a trial runs; also under `--quick`, as the target is defined on this preset and the
+code a trial runs, solo (`--pack off`) so each model's training time is its own; also under `--quick`, as the target is defined on this preset and the
 run takes about 1.5 minutes), then reads their records: per model, (Hessian +
 interpolation time) / training time, target <= 0.25; per seed pair, the pair's time
 (Bezier fit + CKA + L2) / training one model of its cell.
@@ -32,7 +32,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     values = preset_values("taxonomy", "demo")
     with tempfile.TemporaryDirectory() as tmp:
         spec = SweepSpec("taxonomy", "demo", "cost", tmp, values)
-        run_sweep(spec, spec.trials(), RunOptions(in_process=True), log=lambda line: None)
+        run_sweep(spec, spec.trials(), RunOptions(in_process=True, pack="off"), log=lambda line: None)
         sweep = load_sweep(str(Path(tmp) / "cost"))
     trials, pairs = sweep.trials, sweep.pairs
     metric_s = trials["hessian_time_s"] + trials["interpolation_time_s"]

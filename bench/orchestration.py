@@ -3,7 +3,8 @@
     python bench/orchestration.py [--quick]
 
 All runs execute the same worker code (`workers.trial.run_trial`, 1 torch thread per
-trial) on the demo grid's 16 configs (its 12 epochs also under `--quick`: the target is
+trial, solo: `--pack off`, since this measures orchestration and `bench/packing.py`
+measures packing) on the demo grid's 16 configs (its 12 epochs also under `--quick`: the target is
 defined on this grid, and halving the epochs would double the weight of the one-off
 costs) into fresh storage. Figures:
 - speed-up = sequential wall time / Ray wall time. The baseline runs the trials one
@@ -58,11 +59,11 @@ def warm_sequential(root: Path, configs: list, before: Callable[[], object] = la
     from sweeps.driver import run as run_sweep
 
     warm = demo_spec(str(root / "warm"))
-    run_sweep(warm, warm.trials()[:1], RunOptions(in_process=True), log=lambda line: None)
+    run_sweep(warm, warm.trials()[:1], RunOptions(in_process=True, pack="off"), log=lambda line: None)
     spec = demo_spec(str(root / "seq"))
     before()
     start = time.perf_counter()
-    run_sweep(spec, configs, RunOptions(in_process=True), log=lambda line: None)
+    run_sweep(spec, configs, RunOptions(in_process=True, pack="off"), log=lambda line: None)
     return time.perf_counter() - start
 
 
@@ -144,7 +145,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
         figures["ray_start_s"] = round(time.perf_counter() - start, 2)
         start, launched = time.perf_counter(), time.time()
-        run_sweep(ray_spec, configs, RunOptions(max_concurrent=2), log=lambda line: None)
+        run_sweep(ray_spec, configs, RunOptions(max_concurrent=2, pack="off"), log=lambda line: None)
         parallel = time.perf_counter() - start
         ray.shutdown()
         rows = timeline(Path(tmp) / "ray" / "bench", launched)

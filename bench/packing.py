@@ -5,19 +5,23 @@
 Grid: digits (1,437 real 8x8 images), ResNet18-k of widths 2, 4, 8, 16 x batch sizes
 32, 128, one epoch per model; a pack is the five seeds 0-4 of one cell. Both sides run
 the product's code, nothing hand-written: solo is a trial's training (`seed_everything`,
-`new_model`, its `FastPath`, `training_hooks`, `fit`, `release`), one model after
-another; packed is the training of `workers.packing.job.train_pack` without storage
-(each member built from its seed, `pack`, `pack_fast_path`, `build_packed_optimizer`,
-`PackedUpdate`, `fit_packed`, then every member taken back out as a solo model). Timed
-from building the models to the trained models, so packing's own costs are charged.
+`new_model`, its `FastPath`, `training_hooks`, `fit`, `release`); packed is the training
+of `workers.packing.job.train_pack` without storage (each member built from its seed,
+`pack`, `pack_fast_path`, `build_packed_optimizer`, `PackedUpdate`, `fit_packed`, then
+every member taken back out as a solo model). The ratios time training (`fit`,
+`fit_packed`): a trial trains for many epochs, over which building the models, packing
+them and taking them out (`*_setup_s_per_model`, reported beside) spread out.
 
 Per cell, before timing, each side trains two steps on the cell's shapes (oneDNN builds
 its kernels per shape; the first optimizer step of the process imports torch._dynamo).
-Then adjacent pairs of runs, each side going first in turn (this VM's speed drifts within
-seconds, adjacent runs see the same speed); the ratio is the median over pairs of (solo
-seconds for the five models / seconds for the pack), i.e. packed models per hour over solo
-models per hour; seconds per model are medians over the runs of each side. The headline
-is the geometric mean of the ratios at widths 2 and 4, batch 32 (target >= 2.5x).
+Then pairs of adjacent runs: pair i trains seed i mod 5 solo and the whole pack, each
+side going first in turn (this VM's speed drifts within seconds; adjacent runs see the
+same speed). The ratio is the median over pairs of (solo seconds of the model / the
+pack's seconds per member), i.e. packed models per hour over solo models per hour, in
+wall time (`ratio`) and in process CPU time (`cpu_ratio`: with one thread, the work done,
+free of the time the VM's CPU is taken away); seconds per model are wall medians. The
+headline is the geometric mean of the wall ratios at widths 2 and 4, batch 32 (target
+>= 2.5x).
 """
 
 from __future__ import annotations
@@ -57,8 +61,8 @@ class Solo:
         self.hooks = training_hooks(cfg, self.model, self.fast)
 
     def train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
-        """Epoch `epoch` (0-based) on (x, y), x already in the fast path's layout."""
-        fit(self.model, self.hooks[0], x, y, hooks=self.hooks, batch_size=self.cfg.train.batch_size,
+        """Epoch `epoch` (0-based) on (x, y)."""
+        fit(self.model, self.hooks[0], self.fast.inputs(x), y, hooks=self.hooks, batch_size=self.cfg.train.batch_size,
             seed=self.cfg.train.seed, epochs=epoch + 1, start_epoch=epoch)
 
     def finish(self) -> nn.Module:
@@ -84,7 +88,7 @@ class Packed:
     def train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
         """Epoch `epoch` of every member on (x, y), each on its own solo batches."""
         optimizer = self.update.optimizer
-        fit_packed(self.update, x, [y] * len(self.cfgs), batch_size=self.cfgs[0].train.batch_size,
+        fit_packed(self.update, self.fast.inputs(x), [y] * len(self.cfgs), batch_size=self.cfgs[0].train.batch_size,
                    seeds=[c.train.seed for c in self.cfgs], epochs=epoch + 1, start_epoch=epoch,
                    base_lrs=optimizer.base_lrs, lr_factor=lr_factor(self.cfgs[0]), on_epoch=lambda stats: True)
 
@@ -107,40 +111,54 @@ def cell_configs(width: int, batch_size: int, seeds: Sequence[int], dataset: str
                                    "seed": seed}) for seed in seeds]
 
 
-def _solo_run(cfgs: Sequence[TrialConfig], splits: Splits, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Seconds to train every trial of `cfgs` solo, one after another."""
-    start = time.perf_counter()
-    for cfg in cfgs:
-        solo = Solo(cfg, splits, "cpu")
-        solo.train(x, y, 0)
-        solo.finish()
-    return time.perf_counter() - start
+Times = tuple[float, float, float]  # training wall s, training CPU s, wall s to build and take out
 
 
-def _packed_run(cfgs: Sequence[TrialConfig], splits: Splits, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Seconds to train the trials of `cfgs` as one pack, members taken out at the end."""
-    start = time.perf_counter()
-    packed = Packed(cfgs, splits, "cpu")
-    packed.train(x, y, 0)
-    packed.finish()
-    return time.perf_counter() - start
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[float, float, Any]:
+    """(wall s, process CPU s, result) of one call. With one thread the CPU time is the work
+    done, free of the time this shared VM's CPU is taken away: the steadier figure."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def _solo_run(cfg: TrialConfig, splits: Splits, x: torch.Tensor, y: torch.Tensor) -> Times:
+    """One trial trained solo for one epoch."""
+    build, _, solo = _timed(Solo, cfg, splits, "cpu")
+    wall, cpu, _ = _timed(solo.train, x, y, 0)
+    return wall, cpu, build + _timed(solo.finish)[0]
+
+
+def _packed_run(cfgs: Sequence[TrialConfig], splits: Splits, x: torch.Tensor, y: torch.Tensor) -> Times:
+    """The trials of `cfgs` trained as one pack for one epoch, then taken out."""
+    build, _, packed = _timed(Packed, cfgs, splits, "cpu")
+    wall, cpu, _ = _timed(packed.train, x, y, 0)
+    return wall, cpu, build + _timed(packed.finish)[0]
 
 
 def measure_cell(cfgs: Sequence[TrialConfig], splits: Splits, pairs: int) -> dict[str, float]:
-    """Solo and packed figures of one cell (see the module docstring)."""
-    x, y, batch = splits.x_train, splits.y_train, cfgs[0].train.batch_size
-    _solo_run(cfgs[:1], splits, x[: 2 * batch], y[: 2 * batch])  # warm-up: two steps of each side
+    """Solo and packed figures of one cell: pair i is seed i mod 5 solo next to the pack."""
+    x, y, batch, members = splits.x_train, splits.y_train, cfgs[0].train.batch_size, len(cfgs)
+    _solo_run(cfgs[0], splits, x[: 2 * batch], y[: 2 * batch])  # warm-up: two steps of each side
     _packed_run(cfgs, splits, x[: 2 * batch], y[: 2 * batch])
-    runs: dict[str, Callable[..., float]] = {"solo": _solo_run, "packed": _packed_run}
-    times: dict[str, list[float]] = {"solo": [], "packed": []}
+    solo: list[Times] = []
+    packed: list[Times] = []  # per member
     for pair in range(pairs):
-        order = list(runs) if pair % 2 == 0 else list(runs)[::-1]  # neither side always runs first
-        for side in order:
-            times[side].append(runs[side](cfgs, splits, x, y))
-    members = len(cfgs)
-    return {"ratio": round(statistics.median(s / p for s, p in zip(times["solo"], times["packed"])), 3),
-            "solo_s_per_model": round(statistics.median(times["solo"]) / members, 3),
-            "packed_s_per_model": round(statistics.median(times["packed"]) / members, 3)}
+        for side in ("solo", "packed") if pair % 2 == 0 else ("packed", "solo"):  # neither always first
+            if side == "solo":
+                solo.append(_solo_run(cfgs[pair % members], splits, x, y))
+            else:
+                packed.append(tuple(t / members for t in _packed_run(cfgs, splits, x, y)))
+
+    def ratio(kind: int) -> float:  # median over pairs of solo / packed seconds per model
+        return round(statistics.median(s[kind] / p[kind] for s, p in zip(solo, packed)), 3)
+
+    def median(times: list[Times], kind: int) -> float:
+        return round(statistics.median(t[kind] for t in times), 3)
+
+    return {"ratio": ratio(0), "cpu_ratio": ratio(1), "solo_s_per_model": median(solo, 0),
+            "packed_s_per_model": median(packed, 0), "solo_setup_s_per_model": median(solo, 2),
+            "packed_setup_s_per_model": median(packed, 2)}
 
 
 def headline(figures: dict[str, Any]) -> float:
@@ -150,11 +168,11 @@ def headline(figures: dict[str, Any]) -> float:
 
 
 def pairs_for(width: int, quick: bool) -> int:
-    """Pairs of runs per cell: `--quick` spends fewer on the wide cells, whose epochs are
-    the slowest and which are not in the headline."""
+    """Pairs of runs per cell, each seed solo twice; `--quick` once at widths <= 4 and
+    less on the wide cells, whose epochs are the slowest and which are not in the headline."""
     if not quick:
-        return 7
-    return 3 if width <= 4 else 2 if width <= 8 else 1
+        return 2 * len(SEEDS)
+    return len(SEEDS) if width <= 4 else 3 if width <= 8 else 2
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -176,13 +194,15 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def report(figures: dict[str, Any]) -> None:
     """The table of every cell, then the headline as the last line."""
-    print("| width | batch | solo s/model | packed s/model | packed / solo models per hour | pairs |")
-    print("|---|---|---|---|---|---|")
+    print("| width | batch | solo s/model | packed s/model | packed / solo models per hour | same in CPU time "
+          "| build + take out s/model, solo | packed | pairs |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for width in WIDTHS:
         for batch_size in BATCH_SIZES:
             c = figures[f"w{width}_b{batch_size}"]
             print(f"| {width} | {batch_size} | {c['solo_s_per_model']} | {c['packed_s_per_model']} "
-                  f"| {c['ratio']}x | {c['pairs']} |")
+                  f"| {c['ratio']}x | {c['cpu_ratio']}x | {c['solo_setup_s_per_model']} "
+                  f"| {c['packed_setup_s_per_model']} | {c['pairs']} |")
     print(f"\npacking: {figures['headline_ratio']:.2f}x models per hour at width <= 4, batch 32 "
           f"(packs of {figures['pack_size']})")
 

@@ -1,10 +1,14 @@
 """Run every benchmark of the project, print one table, write bench/results.json.
 
     python bench/run.py [--quick]
+    python bench/run.py --gpu          # only the GPU benchmark: bench/results-gpu.json
 
 Each benchmark runs in its own Python process (its own Ray session and thread
 settings) through its `run(quick) -> dict` function; every figure it reports is a ratio
 against a baseline measured in the same run, or an absolute figure next to its target.
+`--gpu` runs `bench/gpu.py` (one CUDA device; a tiny CPU fallback without one) in its
+own process, its progress on this terminal. This script imports no Ray: the GPU machine
+has none.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ("throughput", "metric_cost", "hessian", "orchestration", "scale")
+BENCHES = ("throughput", "packing", "metric_cost", "hessian", "orchestration", "scale")
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:
@@ -33,6 +37,13 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
                 "wall_s": round(time.perf_counter() - start, 1)}
     line = next(line for line in proc.stdout.splitlines() if line.startswith("@@"))
     return {**json.loads(line[2:]), "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def run_gpu(out: Path) -> dict[str, Any]:
+    """bench/gpu.py in its own process, printing as it goes; its figures as written to `out`."""
+    subprocess.run([sys.executable, "-m", "bench.gpu", "--out", str(out)], cwd=ROOT, check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(out.read_text())
 
 
 def flatten(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -53,7 +64,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller grids and fewer repeats (< 10 min)")
     parser.add_argument("--only", nargs="*", choices=BENCHES, help="run only these benchmarks")
+    parser.add_argument("--gpu", action="store_true", help="run only the GPU benchmark (bench/gpu.py)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results-gpu.json",
+                        help="with --gpu: where to write its figures (default: %(default)s)")
     args = parser.parse_args()
+    if args.gpu:
+        figures = run_gpu(args.out)
+        print("\n| benchmark | figure | value |\n|---|---|---|")
+        for key, value in flatten(figures):
+            print(f"| gpu | {key} | {value} |")
+        print(f"\nwritten to {args.out}")
+        return
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick,
                                "date": time.strftime("%Y-%m-%d %H:%M")}
     for name in args.only or BENCHES:

@@ -200,11 +200,14 @@ def _pack_measures(pair: PairPlan, pack: set[str], pending: set[str]) -> bool:
 def _run_in_process(jobs: list[Job], axes: list[str], log: Log | None) -> int:
     """The debug executor: the same jobs through the same `run_job` as Tune's trainable,
     one after another (every job a pair needs comes before it), no Ray."""
-    from sweeps.progress import format_line
+    from sweeps.progress import format_lines, job_size
     from workers.tune_entry import run_job
 
-    for i, job in enumerate(jobs, 1):
-        (log or print)(format_line(i, len(jobs), job.config, run_job(job.config), axes))
+    done, total = 0, sum(job_size(job.config) for job in jobs)
+    for job in jobs:
+        for line in format_lines(done, total, job.config, run_job(job.config), axes):
+            (log or print)(line)
+        done += job_size(job.config)
     return 0
 
 
@@ -213,13 +216,13 @@ def _run_with_tune(
     options: RunOptions, storage: Storage, axes: list[str], log: Log | None,
 ) -> int:
     """Fan the sweep's jobs out through Tune; returns the number that failed after retries."""
-    from sweeps.progress import OneLinePerTrial
+    from sweeps.progress import OneLinePerTrial, job_size
 
     pending = {c.trial_key for c in todo}
     tune_dir = storage.path("_tune") if storage.is_local else os.path.expanduser("~/ray_results")
     return run_jobs(jobs, finished={c.trial_key for c in configs if c.trial_key not in pending},
                     options=options, tune_dir=tune_dir, name=context.sweep,
-                    callbacks=[OneLinePerTrial(len(jobs), axes, log)])
+                    callbacks=[OneLinePerTrial(sum(job_size(j.config) for j in jobs), axes, log)])
 
 
 # Jobs per Tune experiment. Tune's controller keeps every trial of an experiment in

@@ -10,8 +10,11 @@ one for solo steps and one for packed steps (a pack of G models: G times the FLO
 member's step, one overhead), and projects every trial, pack, Bezier fit and per-model
 metric of the grid with it. A model, not a timing of every shape, because the paper's
 grid spans a factor of about 10^6 in FLOPs per step (width 1 at batch 16 to width 128 at
-batch 1024): the wide shapes take minutes per step on a CPU. The cheap end of the sample
-pins the overhead, the dear end the seconds per FLOP.
+batch 1024): the wide shapes take minutes per step on a CPU. The sample is a ladder of
+shapes of geometrically growing FLOPs, the widest at each rung, climbed until the budget
+runs out: the cheap end pins the overhead, the dear (and wide) end the seconds per FLOP.
+On a CPU a step is timed in process CPU time, which a busy machine inflates far less
+than wall time; on a GPU in wall time after a synchronize.
 
 FLOPs are counted, not assumed: multiply-adds of every convolution and linear layer in
 one forward pass of the trial's own model, built on the meta device (no memory, no
@@ -57,9 +60,10 @@ HVP_PASSES = 2  # assumed: one Hessian-vector product ~ two training passes (dou
 LANCZOS_STEPS = 10  # assumed HVPs per top eigenvalue (README: 5-8 at tol 1e-2; max_iter caps it)
 REPEATS = 3  # timed epochs per shape, after one warm-up epoch; the median counts
 TARGET_EPOCH_S = 0.3  # steps per timed epoch are chosen to take about this long
-MIN_STEPS, MAX_STEPS, FIRST_STEPS = 2, 20, 5
-RUNG_RATIO = 2.5  # each timed shape has at least this many times the FLOPs of the last
-SHARES = {"solo": 0.45, "packed": 0.45, "bezier": 0.10}  # of the timing budget
+MIN_STEPS, MAX_STEPS, FIRST_STEPS = 1, 20, 5
+MIN_RUNG_RATIO = 2.0  # each timed shape has at least this many times the FLOPs of the last
+MAX_RUNGS = 10  # shapes timed per kind at most; the rungs spread over the grid's FLOP range
+SHARES = {"solo": 0.5, "packed": 0.4, "bezier": 0.1}  # of the timing budget; solo sets the headline slope
 
 
 # ---------------------------------------------------------------- FLOPs and steps
@@ -166,8 +170,9 @@ class Shape:
 @dataclass(frozen=True)
 class Timing:
     shape: Shape
-    seconds: float  # median seconds per step
+    seconds: float  # median seconds per step (CPU time on a CPU, else wall time)
     steps: int  # steps per timed epoch
+    wall_s: float  # wall seconds the whole timing took, model building included
 
 
 def synthetic_splits(cfg: TrialConfig, n: int, device: str) -> Splits:
@@ -237,49 +242,78 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+def _clock(device: str) -> Callable[[], float]:
+    """The CPU time of this process on a CPU (CPU-hours are the work done, and other
+    processes on a shared machine then inflate it far less than wall time), wall time
+    on an accelerator (it is held for the whole step)."""
+    return time.process_time if torch.device(device).type == "cpu" else time.perf_counter
+
+
 def time_shape(shape: Shape, device: str, steps: int) -> Timing:
     """Median seconds per step over REPEATS epochs of `steps` steps, after a warm-up
     epoch that pays the first-call costs (allocator, oneDNN/cuDNN kernel choice)."""
-    run = RUNNERS[shape.kind](shape, device, steps)
+    started = time.perf_counter()
+    run, clock = RUNNERS[shape.kind](shape, device, steps), _clock(device)
     run(0)
     per_step = []
     for epoch in range(1, REPEATS + 1):
         _sync(device)
-        start = time.perf_counter()
+        start = clock()
         run(epoch)
         _sync(device)
-        per_step.append((time.perf_counter() - start) / steps)
-    return Timing(shape, statistics.median(per_step), steps)
+        per_step.append((clock() - start) / steps)
+    return Timing(shape, statistics.median(per_step), steps, time.perf_counter() - started)
 
 
-def _guess(timings: list[Timing], flops: float) -> float | None:
-    """Predicted seconds per step of a shape not timed yet: the fit of what was timed,
-    or with one timing time proportional to FLOPs (an overestimate: no overhead)."""
+def _steps(timings: list[Timing], flops: float) -> int:
+    """Steps per timed epoch for a shape of `flops`: about TARGET_EPOCH_S by the fit of
+    what was timed so far (with one timing: time proportional to FLOPs, an overestimate)."""
     if not timings:
+        return FIRST_STEPS
+    step_s = fit_step_model([t.shape.flops for t in timings], [t.seconds for t in timings]).seconds(flops)
+    return min(MAX_STEPS, max(MIN_STEPS, math.ceil(TARGET_EPOCH_S / max(step_s, 1e-6))))
+
+
+def _wall_cost(timings: list[Timing], shape: Shape, steps: int) -> float:
+    """Predicted wall seconds to time `shape`: the fit of what was timed, turned into wall
+    time by the last timing's wall-over-measured ratio (model building, a busy machine),
+    plus half as a margin: on a CPU, large steps run at fewer FLOPs per second than small
+    ones (memory traffic), so the fit of the smaller shapes runs low."""
+    last = timings[-1]
+    fit = fit_step_model([t.shape.flops for t in timings], [t.seconds for t in timings])
+    inflation = last.wall_s / ((REPEATS + 1) * last.steps * max(last.seconds, 1e-9))
+    return 1.5 * (REPEATS + 1) * steps * fit.seconds(shape.flops) * inflation
+
+
+def _next_rung(ordered: list[Shape], last: Shape, ratio: float) -> Shape | None:
+    """The widest shape with `ratio` to `ratio`^2 times the last one's FLOPs (the
+    grid's cost sits in its widest models, so the slope is best measured on wide
+    shapes), else the cheapest one above `ratio` times; None at the top."""
+    above = [s for s in ordered if s.flops >= ratio * last.flops]
+    if not above:
         return None
-    if len(timings) == 1:
-        return timings[0].seconds * max(1.0, flops / timings[0].shape.flops)
-    return fit_step_model([t.shape.flops for t in timings], [t.seconds for t in timings]).seconds(flops)
+    window = [s for s in above if s.flops < ratio * above[0].flops]
+    return max(window, key=lambda s: (s.width, -s.flops))
 
 
-def ladder(shapes: list[Shape], device: str, budget_s: float, max_points: int = 8) -> list[Timing]:
-    """Time shapes of increasing FLOPs, each at least RUNG_RATIO times the last, while
-    the predicted cost of the next fits in `budget_s` (the first two always run, so a
-    line can be fitted). Costs grow geometrically, so the budget decides how far up the
-    grid the sample reaches and the model extrapolates the rest."""
+def ladder(shapes: list[Shape], device: str, budget_s: float, max_points: int = MAX_RUNGS,
+           ratio: float | None = None) -> list[Timing]:
+    """Time the cheapest shape, then shapes of geometrically growing FLOPs (`max_points`
+    rungs would span the grid's range, unless `ratio` is given), while the predicted
+    wall cost of the next fits in `budget_s` (the cheapest always runs). The budget decides how far up the grid the sample reaches (on a GPU: the
+    top; on a CPU: the small and medium shapes); the model extrapolates the rest."""
     deadline = time.perf_counter() + budget_s
+    ordered = sorted(shapes, key=lambda s: s.flops)
+    span = ordered[-1].flops / ordered[0].flops
+    ratio = ratio or max(MIN_RUNG_RATIO, span ** (1 / max(1, max_points - 1)))
     timings: list[Timing] = []
-    for shape in sorted(shapes, key=lambda s: s.flops):
-        if len(timings) >= max_points:
-            break
-        if timings and shape.flops < RUNG_RATIO * timings[-1].shape.flops:
-            continue
-        step_s = _guess(timings, shape.flops)
-        steps = FIRST_STEPS if step_s is None else min(MAX_STEPS, max(MIN_STEPS, math.ceil(TARGET_EPOCH_S / step_s)))
-        cost = (REPEATS + 1) * steps * (step_s or 0.0)
-        if len(timings) >= 2 and time.perf_counter() + cost > deadline:
+    shape: Shape | None = ordered[0]
+    while shape is not None and len(timings) < max_points:
+        steps = _steps(timings, shape.flops)
+        if timings and time.perf_counter() + _wall_cost(timings, shape, steps) > deadline:
             break
         timings.append(time_shape(shape, device, steps))
+        shape = _next_rung(ordered, shape, ratio)
     return timings
 
 
@@ -332,9 +366,16 @@ def _n_groups(cfg: TrialConfig, specs: tuple[str, ...], name: str) -> int:
     if not specs:
         return 0
     meta = DATASETS.meta(cfg.data.dataset)
+    return _count_groups(cfg.model.model, tuple(meta["shape"]), meta["classes"], cfg.model.batchnorm, specs, name)
+
+
+@functools.cache
+def _count_groups(model: str, shape: tuple[int, ...], classes: int, batchnorm: bool, specs: tuple[str, ...],
+                  name: str) -> int:
+    """Groups depend on parameter names only: counted once on a width-1 meta model."""
     with torch.device("meta"):
-        model = build_model(cfg.model.model, 1, tuple(meta["shape"]), meta["classes"], batchnorm=cfg.model.batchnorm)
-    return len(parameter_groups(model, specs, name))
+        net = build_model(model, 1, shape, classes, batchnorm=batchnorm)
+    return len(parameter_groups(net, specs, name))
 
 
 def metric_samples(cfg: TrialConfig) -> tuple[float, list[str]]:
@@ -401,7 +442,9 @@ class Estimate:
     def format(self) -> str:
         """The lines to print under a dry run."""
         where = f"{self.device}, {self.threads} torch thread(s)" if self.unit == "CPU-hours" else self.device
-        lines = [f"cost estimate on {where}: {len(self.timings)} shapes timed in {self.wall_s:.0f} s",
+        clock = "CPU time" if self.unit == "CPU-hours" else "wall time"
+        lines = [f"cost estimate on {where}: {len(self.timings)} shapes timed in {self.wall_s:.0f} s "
+                 f"(median {clock} per step)",
                  f"  {'kind':<7}{'width':>6}{'batch':>7}{'members':>8}{'GFLOP/step':>12}"
                  f"{'measured ms':>13}{'fitted ms':>11}{'error':>8}"]
         for t in self.timings:
@@ -459,12 +502,18 @@ def _bezier_model(timings: list[Timing], solo: StepModel) -> StepModel:
     return StepModel(max(0.0, statistics.median(excess)), solo.s_per_gflop)
 
 
+def forward_seconds(cfg: TrialConfig, samples: float, solo: StepModel) -> float:
+    """Seconds of `samples` forward passes, run in chunks of `eval_batch_size`: a third
+    of a solo training step of that batch size per chunk (overhead included)."""
+    chunk = cfg.measure.eval_batch_size
+    return samples / chunk * solo.seconds(step_flops(cfg, batch_size=chunk)) / TRAIN_PASSES
+
+
 def project(trials: Sequence[TrialConfig], plans: Sequence[PackPlan], pairs: Sequence[PairPlan],
             models: dict[str, StepModel]) -> tuple[dict[str, tuple[float, float]], list[str]]:
     """Seconds of the grid per part, (packed, solo); evaluation, metrics and pairs run
     per model in both cases (a pack's members are measured one by one), so only
-    training differs. Forward passes are priced at the solo seconds per FLOP (large
-    evaluation chunks: no overhead worth counting)."""
+    training differs. Forward passes are priced by `forward_seconds`."""
     solo = models["solo"]
     n_jobs = len(plans)
     n_packed = sum(len(p.members) for p in plans if len(p.members) > 1)
@@ -474,24 +523,26 @@ def project(trials: Sequence[TrialConfig], plans: Sequence[PackPlan], pairs: Seq
     metric_s, missing = 0.0, set()
     for cfg in trials:
         passes, unmodelled = metric_samples(cfg)
-        metric_s += passes * forward_flops(cfg) * solo.s_per_gflop / 1e9
+        metric_s += forward_seconds(cfg, passes, solo)
         missing.update(unmodelled)
     names = sorted({m for c in trials for m in c.measure.metrics} - missing)
     parts[f"evaluation + metrics ({', '.join(names) or 'none'})"] = (metric_s, metric_s)
     notes = [f"metrics not modelled (left out): {', '.join(sorted(missing))}"] if missing else []
     with_mc = [p for p in pairs if p.with_mc]
     if pairs:
-        similarity = sum(pair_samples(p) * forward_flops(p.a) for p in pairs) * solo.s_per_gflop / 1e9
+        similarity = sum(forward_seconds(p.a, pair_samples(p), solo) for p in pairs)
         fits = _bezier_seconds(pairs, models["bezier"]) if with_mc else 0.0
-        epochs = sorted({p.a.pairs.bezier_epochs for p in with_mc})
-        batches = sorted({bezier_batch(p.a) for p in with_mc})
-        label = (f"seed pairs: {len(pairs)} (CKA, L2), {len(with_mc)} Bezier fits "
-                 f"({'/'.join(map(str, epochs))} ep. at batch {'/'.join(map(str, batches))})")
+        label = f"seed pairs: {len(pairs)} (CKA, L2), {len(with_mc)} Bezier fits"
+        if with_mc:
+            epochs = sorted({p.a.pairs.bezier_epochs for p in with_mc})
+            batches = sorted({bezier_batch(p.a) for p in with_mc})
+            label += f" ({'/'.join(map(str, epochs))} ep. at batch {'/'.join(map(str, batches))})"
         parts[label] = (fits + similarity, fits + similarity)
     return parts, notes
 
 
 def _assumption_notes(timings: list[Timing], models: dict[str, StepModel], threads: int, device: str) -> list[str]:
+    """What the projection assumes beyond the timed steps, for the printout."""
     notes = [f"training step = {TRAIN_PASSES} forward passes of counted conv/linear FLOPs; "
              f"a Hessian-vector product = {HVP_PASSES} training passes, {LANCZOS_STEPS} Lanczos steps "
              "per eigenvalue plus the trace probes"]
@@ -499,11 +550,25 @@ def _assumption_notes(timings: list[Timing], models: dict[str, StepModel], threa
         ratios = [t.seconds / models["solo"].seconds(t.shape.flops) for t in timings if t.shape.kind == "bezier"]
         notes.append("Bezier step = training step's FLOPs at the solo s/GFLOP plus its own overhead; timed at "
                      f"{'/'.join(f'{r:.2f}' for r in ratios)}x the fitted solo step of the same shape")
-    solo_max = max((t.shape.flops for t in timings if t.shape.kind == "solo"), default=0.0)
-    notes.append(f"largest timed solo step {solo_max / 1e9:.3g} GFLOP: wider/larger shapes are extrapolated")
+    top = max((t for t in timings if t.shape.kind == "solo"), key=lambda t: t.shape.flops)
+    notes.append(f"largest timed solo step {top.shape.flops / 1e9:.3g} GFLOP (width {top.shape.width}, batch "
+                 f"{top.shape.batch_size}): larger steps are extrapolated")
     if torch.device(device).type == "cpu":
         notes.append(f"{threads} torch thread(s) per step, as a trial with --cpus-per-trial {threads}")
     return notes
+
+
+def _sensitivity(trials: Sequence[TrialConfig], timings: list[Timing], solo: StepModel) -> str:
+    """How far the solo training hours move if every step ran at the seconds per GFLOP
+    of the largest timed one (its time beyond the fitted overhead, over its FLOPs): on
+    a CPU almost all of the grid's hours are in shapes beyond the timed range."""
+    top = max((t for t in timings if t.shape.kind == "solo"), key=lambda t: t.shape.flops)
+    rate = max(0.0, top.seconds - solo.overhead_s) / (top.shape.flops / 1e9)
+    steep = StepModel(solo.overhead_s, rate)
+    base = sum(steps_per_trial(c) * solo.seconds(step_flops(c)) for c in trials)
+    alt = sum(steps_per_trial(c) * steep.seconds(step_flops(c)) for c in trials)
+    return (f"sensitivity: the largest timed solo step ran at {rate:.4g} s/GFLOP (fit: {solo.s_per_gflop:.4g}); "
+            f"at that rate solo training would be {alt / base:.2f}x the projection")
 
 
 def estimate(trials: list[TrialConfig], policy: PackPolicy, device: str = "cpu", budget_s: float = 120.0,
@@ -522,7 +587,7 @@ def estimate(trials: list[TrialConfig], policy: PackPolicy, device: str = "cpu",
     finally:
         torch.set_num_threads(saved_threads)
     parts, notes = project(trials, plans, pairs, models)
-    notes += _assumption_notes(timings, models, threads, device)
+    notes += [_sensitivity(trials, timings, models["solo"]), *_assumption_notes(timings, models, threads, device)]
     return Estimate(device, threads, len(trials), time.perf_counter() - started, timings, models, parts, notes)
 
 
@@ -541,8 +606,11 @@ def _time_and_fit(trials: Sequence[TrialConfig], plans: Sequence[PackPlan], pair
     for kind, shapes in kinds.items():
         share = waiting[kind] / sum(waiting.values())
         del waiting[kind]
-        got = ladder(shapes, device, share * max(0.0, deadline - time.perf_counter()),
-                     max_points=2 if kind == "bezier" else 8)
+        budget = share * max(0.0, deadline - time.perf_counter())
+        if kind == "bezier":  # its overhead, at the two cheapest shapes (the slope is the solo one)
+            got = ladder(shapes, device, budget, max_points=2, ratio=MIN_RUNG_RATIO)
+        else:
+            got = ladder(shapes, device, budget)
         timings += got
         if kind == "bezier":
             models[kind] = _bezier_model(got, models["solo"])

@@ -1,6 +1,7 @@
 """A real two-node Ray cluster on this host: a sweep's trials run on both nodes and land
 in one shared storage folder.
 
+The four models train as two packs of two (`--pack 2`), one job per node.
 The cluster (`ray.cluster_utils.Cluster`: a head and a second node, each its own raylet)
 lives in a subprocess, because the test session already owns a Ray runtime in this
 process. The sweep connects to it through the CLI's `--address`, as on a real cluster.
@@ -27,7 +28,7 @@ cluster.wait_for_nodes()
 try:
     code = main("taxonomy", "", ["--address", cluster.address, "--storage", {storage!r}, "--name", "two",
                                  "--set", "width=2", "--set", "seed=0,1,2,3", "--set", "epochs=2",
-                                 "--set", "milestones=1", "--set", "batch_size=128"])
+                                 "--set", "milestones=1", "--set", "batch_size=128", "--pack", "2"])
     import ray
     nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
     print("NODES " + json.dumps(nodes), flush=True)

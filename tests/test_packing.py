@@ -25,7 +25,9 @@ from workers.packing.train import PackedUpdate, fit_packed
 from workers.train import fit
 from workers.trial import new_model, seed_everything, training_hooks
 
-BASE = {"dataset": "digits", "model": "resnet18k", "width": 2, "batch_size": 128, "epochs": 2, "milestones": [1]}
+# 503 of digits' images in batches of 64: 7 steps per epoch, the lr schedule's step after the first.
+BASE = {"dataset": "digits", "model": "resnet18k", "width": 2, "batch_size": 64, "epochs": 2, "milestones": [1],
+        "data_fraction": 0.35}
 # Three members that differ in everything a member may set for itself. ALI-G's caps are
 # small: with steps near 1 its dynamics amplify rounding (1e-16 -> 1e-7 in 22 steps) in
 # solo runs as much as in packs.
@@ -180,10 +182,14 @@ def test_solo_trials_say_why():
     assert [(len(p.members), p.solo_reason) for p in off] == [(1, "--pack off")] * 2
 
 
-def test_auto_packs_wider_models_on_a_gpu_than_on_a_cpu():
+def test_auto_packs_wider_models_and_larger_images_on_a_gpu_than_on_a_cpu():
     grid = trials(width=[16], seed=[0, 1])
     assert len(plan_packs(grid, CPU_AUTO)) == 2
     assert len(plan_packs(grid, PackPolicy.parse("auto", "cuda"))) == 1
+    cifar = [TrialConfig.from_flat({**BASE, "dataset": "cifar10", "seed": s}) for s in (0, 1)]
+    assert [p.solo_reason for p in plan_packs(cifar, CPU_AUTO)] == \
+        ["32x32 images: packing does not pay (--pack auto on cpu)"] * 2
+    assert len(plan_packs(cifar, PackPolicy.parse("auto", "cuda"))) == 1
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "two", ""])

@@ -30,6 +30,7 @@ from sweeps.spec import SweepSpec, parse_assignment
 from workers import checkpoints
 from workers.config import TrialConfig
 from workers.errors import ConfigError
+from workers.packing.plan import pack_id
 from workers.storage import Storage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +71,21 @@ def test_sigkilled_worker_resumes_from_its_last_epoch(tmp_path):
     finish(cli(tmp_path / "clean", *args, "--in-process"))
     clean = load_sweep(str(tmp_path / "clean" / "s")).trials.iloc[0]
     assert row["train_loss"] == clean["train_loss"]  # resuming changed nothing
+
+
+def test_a_sigkilled_pack_resumes_from_its_last_epoch(tmp_path):
+    args = [*SMALL, "--set", "seed=0,1", "--set", "epochs=4", "--set", "milestones=3"]
+    cfgs = [TrialConfig.from_flat({"width": 2, "batch_size": 128, "lr": 0.05, "seed": seed, "epochs": 4,
+                                   "milestones": [3], "dataset": "digits", "model": "resnet18k"}) for seed in (0, 1)]
+    marker = tmp_path / "killed"
+    finish(cli(tmp_path / "crash", *args, env={"LANDSCAPE_FAULT_KILL": f"{pack_id([c.trial_key for c in cfgs])}:2",
+                                                "LANDSCAPE_FAULT_MARKER": str(marker)}))
+    assert marker.exists(), "the fault was not injected"
+    crashed = load_sweep(str(tmp_path / "crash" / "s")).trials.sort_values("seed")
+    assert crashed["resumed_from_epoch"].tolist() == [2, 2] and crashed["pack_size"].tolist() == [2, 2]
+    finish(cli(tmp_path / "clean", *args, "--in-process"))
+    clean = load_sweep(str(tmp_path / "clean" / "s")).trials.sort_values("seed")
+    assert crashed["train_loss"].tolist() == clean["train_loss"].tolist()  # resuming changed nothing
 
 
 def test_killed_driver_then_rerun_completes_the_grid_once(tmp_path):

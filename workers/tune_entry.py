@@ -24,17 +24,20 @@ REPORTED = ("status", "train_loss", "train_acc", "test_loss", "test_acc", "mc_tr
             "cka_softmax", "l2_distance", "time_total_s", "host")
 
 
-def job_key(config: dict[str, Any]) -> str:
-    if config["kind"] == "pack":
-        from workers.packing.plan import pack_id
+def job_records(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(record key, kind) of everything a job records: its model or pair, or a pack's
+    models and the pairs it measures. A failed job is filed under each of them, so
+    `analysis status` lists what is missing and clears each once it is recorded."""
+    from workers.pair_trial import pair_key
 
-        return pack_id([TrialConfig.from_flat(flat).trial_key for flat in config["members"]])
     if config["kind"] == "pair":
-        from workers.pair_trial import pair_key
-
-        return pair_key(TrialConfig.from_flat(config["a"]), TrialConfig.from_flat(config["b"]),
-                        config["with_mc"])
-    return TrialConfig.from_flat(config["trial"]).trial_key
+        return [(pair_key(TrialConfig.from_flat(config["a"]), TrialConfig.from_flat(config["b"]),
+                          config["with_mc"]), "pair")]
+    if config["kind"] == "pack":
+        models = [(TrialConfig.from_flat(flat).trial_key, "train") for flat in config["members"]]
+        return models + [(pair_key(TrialConfig.from_flat(p["a"]), TrialConfig.from_flat(p["b"]), p["with_mc"]),
+                          "pair") for p in config["pairs"]]
+    return [(TrialConfig.from_flat(config["trial"]).trial_key, "train")]
 
 
 def run_job(config: dict[str, Any]) -> dict[str, Any]:
@@ -57,30 +60,28 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize_pack(rows: list[dict[str, Any]], members: int) -> dict[str, Any]:
-    """One result for a pack job: its members' outcomes (mean figures over those that
-    trained to the end), for Tune and the progress line; the records hold each row."""
+    """One result for a pack job: its status, and each model's and pair's reported
+    scalars (for the progress lines); the records hold every row in full."""
     models, pairs = rows[:members], rows[members:]
-    ok = [r for r in models if r["status"] == "ok"]
-    diverged = len(models) - len(ok)
-    summary: dict[str, Any] = {
-        "status": "ok" if not diverged else f"{diverged} of {members} diverged",
-        "pack_size": members, "pairs": len(pairs),
-        "time_total_s": max(r["time_total_s"] for r in models), "host": models[0]["host"],
-    }
-    for name in REPORTED:
-        values = [r[name] for r in ok if isinstance(r.get(name), float)]
-        if values and name not in summary:
-            summary[name] = sum(values) / len(values)
-    return summary
+    diverged = sum(r["status"] != "ok" for r in models)
+    return {"status": "ok" if not diverged else f"{diverged} of {members} diverged", "pack_size": members,
+            "time_total_s": max(r["time_total_s"] for r in rows), "host": models[0]["host"],
+            "members": [reported(r) for r in models], "pairs": [reported(r) for r in pairs]}
+
+
+def reported(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in REPORTED if k in row}
 
 
 def record_failure(config: dict[str, Any], exc: BaseException) -> None:
-    """Write `failures/<key>.<time>.parquet` (one file per failed attempt) for `status`."""
-    key = job_key(config)
-    row = {"key": key, "kind": config["kind"], "error": f"{type(exc).__name__}: {exc}",
-           "traceback": traceback.format_exc(), "host": socket.gethostname(),
-           "failed_at": time.time()}
-    Storage.open(config["context"]["storage"]).write_table("failures", f"{key}.{time.time_ns()}", to_table([row]))
+    """Write `failures/<key>.<time>.parquet` (one file per failed attempt and record
+    the job owes) for `status`."""
+    storage = Storage.open(config["context"]["storage"])
+    where = f" (in a pack of {len(config['members'])})" if config["kind"] == "pack" else ""
+    for key, kind in job_records(config):
+        row = {"key": key, "kind": kind, "error": f"{type(exc).__name__}: {exc}{where}",
+               "traceback": traceback.format_exc(), "host": socket.gethostname(), "failed_at": time.time()}
+        storage.write_table("failures", f"{key}.{time.time_ns()}", to_table([row]))
 
 
 def tune_job(config: dict[str, Any]) -> None:
@@ -94,4 +95,4 @@ def tune_job(config: dict[str, Any]) -> None:
         except OSError:
             pass  # the storage itself is what failed; Ray still has the traceback
         raise
-    tune.report({k: row[k] for k in REPORTED if k in row})
+    tune.report(row if config["kind"] == "pack" else reported(row))

@@ -10,7 +10,9 @@ Protocol (idempotent like `workers.trial`):
 2. After training, each member is taken out of the pack as a standard model and
    recorded by `workers.trial.record_trained` under its own trial key (`final`,
    `history`, `trials` with `pack_size` and `pack_id`). A member whose loss stopped
-   being finite is recorded `diverged` at that epoch; the others train on unharmed.
+   being finite is recorded `diverged` at that epoch; the others train on unharmed. A
+   member whose records cannot be written fails the job only after the others are
+   recorded, so a retry trains just that one.
 3. Each member's metrics then run through `run_trial` on its own model (which trains
    nothing now), and the pack's seed pairs right after, in this same worker.
 """
@@ -28,6 +30,7 @@ from workers import checkpoints
 from workers.augment import Augment
 from workers.config import TrialConfig
 from workers.data import Splits, prepare
+from workers.errors import StorageError
 from workers.models import load_start
 from workers.optim import lr_factor
 from workers.packing.modules import member_state, pack
@@ -136,11 +139,16 @@ def train_pack(cfgs: Sequence[TrialConfig], ctx: RunContext, storage: Storage) -
     fast.release(packed)
     train_time = time.perf_counter() - train_start
     ran = {**fast.columns(), "pack_size": members, "pack_id": key, "unpacked_reason": ""}
-    rows = []
+    rows, failed = [], []
     for g, (cfg, split) in enumerate(zip(cfgs, splits)):
         model = new_model(cfg, split, device)
         model.load_state_dict(member_state(packed, g, members))
         trained = Trained(model, histories[g], start_epoch, blown_up[g], {}, train_time, ran)
-        rows.append(record_trained(cfg, ctx, storage, split, trained, started))
+        try:
+            rows.append(record_trained(cfg, ctx, storage, split, trained, started))
+        except StorageError as exc:  # record the other members; the job fails below
+            failed.append(exc)
     checkpoints.remove(storage, key, "last")
+    if failed:  # a retry trains the unrecorded members again
+        raise failed[0]
     return rows

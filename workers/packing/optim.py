@@ -125,7 +125,7 @@ class PackedAdam(PackedOptimizer):
         factor = group["lr_factor"]
         group["step"] = step = group.get("step", 0) + 1
         beta1, beta2 = self.betas
-        params = self.params
+        params = [p for p in self.params if p.grad is not None]
         grads = [p.grad for p in params]
         for p in params:
             if "exp_avg" not in self.state[p]:
@@ -135,13 +135,11 @@ class PackedAdam(PackedOptimizer):
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
         if not _is_zero(self.weight_decay):
             if self.decoupled:  # p *= 1 - lr * wd
-                decay = self.lr_times_decay
+                decay = _select(self.lr_times_decay, self.params, params)
                 torch._foreach_mul_(params, 1 - factor * decay if isinstance(decay, float)
                                     else torch._foreach_add(torch._foreach_mul(decay, -factor), 1.0))
-            else:
-                grads = list(grads)
-                grads = torch._foreach_add(grads, params, alpha=self.weight_decay) \
-                    if isinstance(self.weight_decay, float) else torch._foreach_addcmul(grads, params, self.weight_decay)
+            else:  # L2 in the gradient (in place, as PackedSGD: the next step zeroes it)
+                _add_scaled_(grads, params, _select(self.weight_decay, self.params, params))
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
@@ -150,11 +148,12 @@ class PackedAdam(PackedOptimizer):
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denom, bias_correction2_sqrt)
         torch._foreach_add_(denom, self.eps)
-        if isinstance(self.lr, float):
-            torch._foreach_addcdiv_(params, exp_avgs, denom, -(self.lr * factor) / bias_correction1)
+        lr = _select(self.lr, self.params, params)
+        if isinstance(lr, float):
+            torch._foreach_addcdiv_(params, exp_avgs, denom, -(lr * factor) / bias_correction1)
         else:
             update = torch._foreach_div(exp_avgs, denom)
-            torch._foreach_mul_(update, self.lr)
+            torch._foreach_mul_(update, lr)
             torch._foreach_add_(params, update, alpha=-factor / bias_correction1)
 
 

@@ -10,9 +10,10 @@ grids.
 
 `--pack auto` (the default) packs where it pays on the device the sweep trains on;
 `--pack N` packs every packable trial in packs of up to N; `--pack off` trains solo.
-The auto bounds come from `bench/packing.py` on a 2-core CPU (2026-11-30): packs of 5
-train 2.6-3.3x more models per hour at widths <= 4 and batch 32, about 2x at width 8,
-and 1.1-1.3x at width 16, where one model's arithmetic already dominates a step.
+The auto bounds come from measurements on a 2-core CPU (2026-11-30, `bench/packing.py`
+and `sweeps/estimate.py`): on 8x8 digits packs of 5 train more models per hour up to
+width 8 and little more at width 16, where one model's arithmetic already dominates a
+step; on 32x32 images packing does not pay on a CPU at any width.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
 from workers.config import SECTIONS, TrialConfig, check_key
+from workers.data import DATASETS
 from workers.errors import ConfigError
 from workers.models import MODELS
 from workers.packing.modules import unsupported_layers
@@ -41,6 +44,7 @@ class PackPolicy:
 
     max_members: int  # 1: every trial trains solo
     max_width: float  # wider models train solo
+    max_pixels: float  # models on larger images (H * W) train solo
     why: str  # how this policy was chosen, for the solo reason of a wide trial
 
     @classmethod
@@ -48,19 +52,21 @@ class PackPolicy:
         """`auto`, `off` or a pack size N >= 1, for a sweep training on `device_type`."""
         text = str(setting).strip().lower()
         if text == OFF:
-            return cls(1, 0, "--pack off")
+            return cls(1, 0, 0, "--pack off")
         if text == AUTO:
-            members, width = AUTO_BOUNDS.get(device_type, AUTO_BOUNDS["cpu"])
-            return cls(members, width, f"--pack auto on {device_type}")
+            members, width, pixels = AUTO_BOUNDS.get(device_type, AUTO_BOUNDS["cpu"])
+            return cls(members, width, pixels, f"--pack auto on {device_type}")
         if not text.isdigit() or int(text) < 1:
             raise ConfigError("--pack", f"must be 'auto', 'off' or a pack size >= 1, got {setting!r}")
-        return cls(int(text), float("inf"), f"--pack {text}")
+        return cls(int(text), math.inf, math.inf, f"--pack {text}")
 
 
-# device type -> (members per pack, largest width that packs) under `--pack auto`.
-# CPU: measured (module docstring). CUDA: small models are bound by kernel launches, so
-# wider ones pay too (HFTA); not measured here yet (`python bench/run.py --gpu`).
-AUTO_BOUNDS: dict[str, tuple[int, float]] = {"cpu": (5, 8), "cuda": (8, 32)}
+# device type -> (members per pack, largest width, largest image H * W) under `--pack
+# auto`. CPU: measured (module docstring); on 32x32 images oneDNN's grouped convolutions
+# cost twice the time per FLOP of plain ones, which eats the saved overhead (0.9-1.0x at
+# widths 2-8). CUDA: small models are bound by kernel launches, so wider ones pay too
+# (HFTA); not measured here yet (`python bench/run.py --gpu`).
+AUTO_BOUNDS: dict[str, tuple[int, float, float]] = {"cpu": (5, 8, 8 * 8), "cuda": (8, 32, math.inf)}
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,9 @@ def solo_reason(cfg: TrialConfig, policy: PackPolicy) -> str:
         return f"model {cfg.model.model} has layers that do not pack: {bad}"
     if cfg.model.width > policy.max_width:
         return f"width {cfg.model.width} > {policy.max_width:g} ({policy.why})"
+    _, height, width = DATASETS.meta(cfg.data.dataset)["shape"]
+    if height * width > policy.max_pixels:
+        return f"{height}x{width} images: packing does not pay ({policy.why})"
     return ""
 
 
