@@ -8,8 +8,8 @@ JSON records `ray_imported`), and the data are synthetic CIFAR-shaped tensors bu
 `workers.data.Splits` (10,000 random 3x32x32 images, random labels of 10 classes; speed
 does not depend on the pixels). Each part, and each cell within a part, catches its own
 failure and records it as `error`, so one failure keeps the other figures; a cell that
-would start after the time budget (7.5 minutes, the compiled cells need 2.5 minutes left)
-is recorded as skipped. Timings are wall seconds between `torch.cuda.synchronize()` calls
+would start after the time budget (7 minutes; a compiled cell needs 2.5 minutes left) is
+recorded as skipped, and the JSON is written after each part. Timings are wall seconds between `torch.cuda.synchronize()` calls
 around a fixed number of steps, after warm-up steps of the same shapes.
 
 (a) `packing`: packed against solo training through the product's code paths
@@ -66,7 +66,7 @@ from workers.models import build_model
 from workers.trial import new_model, seed_everything
 
 FALLBACK_DEVICE = "cpu (fallback, no CUDA)"
-PARTS = ("packing", "throughput", "hessian")  # in the JSON in this order (they run packing, hessian, throughput)
+PARTS = ("packing", "throughput", "hessian")  # the JSON's order; they run packing, hessian, throughput
 EPOCHS = 100  # the configs' epochs: more than any run here trains, so the lr stays constant
 VARIANTS: dict[str, dict[str, Any]] = {  # fast-path settings of (b), the compiled one last (slowest to start)
     "fp32": {"channels_last": False},
@@ -97,7 +97,7 @@ class Sizes:
 
 GPU = Sizes(images=10_000, pack_widths=(1, 2, 4, 8, 16), pack_batches=(16, 128), members=8, warmup_steps=5,
             steps=40, pairs=2, throughput_cells=((16, 128), (64, 128)), hessian_cases=((8, 256), (64, 1024)),
-            hessian_repeats=3, budget_s=450, compile_s=150, threads=0)
+            hessian_repeats=3, budget_s=420, compile_s=150, threads=0)
 CPU_FALLBACK = Sizes(images=256, pack_widths=(1, 2), pack_batches=(16,), members=2, warmup_steps=1, steps=2,
                      pairs=1, throughput_cells=((2, 16),), hessian_cases=((2, 32),), hessian_repeats=1,
                      budget_s=120, compile_s=0, threads=1)  # small CPUs: 1 thread is the fastest
@@ -357,15 +357,14 @@ def run(out: Path) -> dict[str, Any]:
     budget = Budget(sizes.budget_s)
     if sizes.threads:
         torch.set_num_threads(sizes.threads)
-    results: dict[str, Any] = settings(device)
+    results: dict[str, Any] = {**settings(device), **dict.fromkeys(PARTS)}  # null: not run (yet)
     print(f"bench/gpu.py on {results['device']}", flush=True)
     splits = synthetic_splits(sizes.images, device)
     for name, part in (("packing", packing), ("hessian", hessian), ("throughput", throughput)):  # compile last
         print(f"{name} ...", flush=True)
         results[name] = guarded(part, splits, sizes, device, budget)
         write(out, results)
-    results = {**{k: v for k, v in results.items() if k not in PARTS}, **{k: results[k] for k in PARTS},
-               "wall_s": round(time.perf_counter() - start, 1), "ray_imported": "ray" in sys.modules}
+    results |= {"wall_s": round(time.perf_counter() - start, 1), "ray_imported": "ray" in sys.modules}
     write(out, results)
     return results
 

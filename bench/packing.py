@@ -51,7 +51,8 @@ TARGET = 2.5
 
 
 class Solo:
-    """One trial's model, fast path and training hooks, built as `workers.trial` builds them."""
+    """One trial's model, fast path and training hooks, built as `workers.trial` builds them
+    (also the trial side of bench/gpu.py)."""
 
     def __init__(self, cfg: TrialConfig, splits: Splits, device: str) -> None:
         seed_everything(cfg.train.seed)

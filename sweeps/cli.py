@@ -79,6 +79,9 @@ def build_parser(study: str, description: str) -> argparse.ArgumentParser:
                         help="override a value; repeatable; a comma list makes an axis")
     parser.add_argument("--dry-run", action="store_true", help="print the grid, trial count and resources; start nothing")
     parser.add_argument("--in-process", action="store_true", help="run trials one by one in this process, without Ray (for debugging)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="with --dry-run: time a few training steps of the grid's shapes on this machine's "
+                        "device and project the grid's device-hours, packed and solo (sweeps/estimate.py)")
     parser.add_argument("--pack", default=AUTO, metavar="auto|off|N",
                         help="train same-shaped models as one fused network: 'auto' where it pays on the "
                         "training device, 'off', or packs of up to N (default: auto; see workers/packing)")
@@ -139,6 +142,18 @@ def print_packs(packs: list[PackPlan], options: driver.RunOptions, axes: list[st
         print(f"  solo: {count} ({reason})")
 
 
+def print_estimate(trials: list, options: driver.RunOptions) -> None:
+    """The grid's projected device-hours on the device this command runs on."""
+    import torch
+
+    from sweeps.estimate import estimate
+    from workers.packing.plan import PackPolicy
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy = PackPolicy.parse(options.pack, device)
+    print(estimate(trials, policy, device, threads=max(1, int(options.cpus_per_trial))).format())
+
+
 def main(study: str, description: str, argv: list[str] | None = None) -> int:
     args = build_parser(study, description).parse_args(argv)
     options = driver.RunOptions(address=args.address, max_concurrent=args.max_concurrent,
@@ -148,8 +163,10 @@ def main(study: str, description: str, argv: list[str] | None = None) -> int:
         options.pack_policy()  # a bad --pack fails here, before anything runs
         spec = spec_from_args(study, args)
         trials = spec.trials()
-        if args.dry_run:
+        if args.dry_run or args.estimate:
             print_dry_run(spec, options, trials)
+            if args.estimate:
+                print_estimate(trials, options)
             return 0
         check_storage_writable(spec.storage)
         summary = driver.run(spec, trials, options)
