@@ -132,7 +132,7 @@ def train_pack(cfgs: Sequence[TrialConfig], ctx: RunContext, storage: Storage) -
 
     train_start = time.perf_counter()
     update = PackedUpdate(packed, optimizer, fast)
-    fit_packed(update, fast.inputs(splits[0].x_train), [s.y_train for s in splits], batch_size=train.batch_size,
+    fit_packed(update, splits[0].x_train, [s.y_train for s in splits], batch_size=train.batch_size,
                seeds=[c.train.seed for c in cfgs], epochs=train.epochs, start_epoch=start_epoch,
                base_lrs=optimizer.base_lrs, lr_factor=lr_factor(cfgs[0]), augment=Augment.of(cfgs[0].data),
                on_epoch=on_epoch)

@@ -68,7 +68,7 @@ def train_packed_epoch(
     seen, steps = 0, 0
     streams = [epoch_batches(x, y, batch_size, seed, epoch, augment) for y, seed in zip(ys, seeds)]
     for batches in zip(*streams):
-        xb = update.fast.inputs(stack_inputs([b[0] for b in batches]))
+        xb = update.fast.inputs(stack_inputs([b[0] for b in batches]))  # the pack's layout: one copy
         yb = torch.stack([b[1] for b in batches], dim=1)  # (B, G)
         losses, logits = update(xb, yb)
         loss_sum += losses * len(yb)
