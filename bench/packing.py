@@ -89,7 +89,7 @@ class Packed:
     def train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
         """Epoch `epoch` of every member on (x, y), each on its own solo batches."""
         optimizer = self.update.optimizer
-        fit_packed(self.update, self.fast.inputs(x), [y] * len(self.cfgs), batch_size=self.cfgs[0].train.batch_size,
+        fit_packed(self.update, x, [y] * len(self.cfgs), batch_size=self.cfgs[0].train.batch_size,
                    seeds=[c.train.seed for c in self.cfgs], epochs=epoch + 1, start_epoch=epoch,
                    base_lrs=optimizer.base_lrs, lr_factor=lr_factor(self.cfgs[0]), on_epoch=lambda stats: True)
 

@@ -80,8 +80,9 @@ def build_parser(study: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print the grid, trial count and resources; start nothing")
     parser.add_argument("--in-process", action="store_true", help="run trials one by one in this process, without Ray (for debugging)")
     parser.add_argument("--estimate", action="store_true",
-                        help="with --dry-run: time a few training steps of the grid's shapes on this machine's "
-                        "device and project the grid's device-hours, packed and solo (sweeps/estimate.py)")
+                        help="a dry run that also times a few training steps of the grid's shapes on this "
+                        "machine's device (packed as --pack says there) and projects the grid's device-hours, "
+                        "packed and solo (sweeps/estimate.py)")
     parser.add_argument("--pack", default=AUTO, metavar="auto|off|N",
                         help="train same-shaped models as one fused network: 'auto' where it pays on the "
                         "training device, 'off', or packs of up to N (default: auto; see workers/packing)")

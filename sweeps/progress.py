@@ -38,7 +38,7 @@ def job_label(config: dict[str, Any], axes: list[str]) -> str:
 
 def job_size(config: dict[str, Any]) -> int:
     """How many models and pairs a job finishes (the lines it prints)."""
-    return len(config["members"]) + len(config["pairs"]) if config["kind"] == "pack" else 1
+    return len(config["members"]) + len(config["pairs"]) if config.get("kind") == "pack" else 1
 
 
 def _parts(config: dict[str, Any], result: dict[str, Any], axes: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -46,8 +46,9 @@ def _parts(config: dict[str, Any], result: dict[str, Any], axes: list[str]) -> l
     if config["kind"] != "pack":
         return [(job_label(config, axes), result)]
     size = f" (pack of {len(config['members'])})"
-    models = [(describe(flat, axes) + size, row) for flat, row in zip(config["members"], result["members"])]
-    pairs = [(pair_label(p["a"], p["b"], axes) + size, row) for p, row in zip(config["pairs"], result["pairs"])]
+    models = [(describe(flat, axes) + size, row) for flat, row in zip(config["members"], result.get("members", []))]
+    pairs = [(pair_label(p["a"], p["b"], axes) + size, row)
+             for p, row in zip(config["pairs"], result.get("pairs", []))]
     return models + pairs
 
 

@@ -169,6 +169,9 @@ def test_the_seeds_of_a_cell_stay_in_one_pack_where_they_fit():
     big = plan_packs(trials(seed=[0, 1, 2, 3, 4, 5, 6]), PackPolicy.parse("3", "cpu"))
     assert [len(p.members) for p in big] == [3, 3, 1]
     assert big[-1].solo_reason == "no other trial of its shape to pack with"
+    # cells larger than a pack: the remainder of one is filled up by the next
+    cut = plan_packs(trials(lr=[0.05, 0.1], seed=[0, 1, 2, 3, 4]), PackPolicy.parse("4", "cpu"))
+    assert [len(p.members) for p in cut] == [4, 4, 2]
 
 
 def test_solo_trials_say_why():

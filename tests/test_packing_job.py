@@ -19,6 +19,7 @@ from sweeps.driver import RunOptions, run
 from sweeps.spec import SweepSpec
 from workers import checkpoints
 from workers.config import TrialConfig
+from workers.errors import StorageError
 from workers.packing.job import run_pack
 from workers.packing.plan import pack_id
 from workers.storage import Storage
@@ -88,8 +89,10 @@ def kill_pack_at(cfgs: list[TrialConfig], storage: str, epoch: int) -> int:
     return subprocess.run([sys.executable, "-c", script, flats, storage], env=env).returncode
 
 
-def test_a_killed_pack_resumes_from_its_last_epoch_and_ends_as_if_never_killed(tmp_path):
-    cfgs = [TrialConfig.from_flat({**TINY, "metrics": [], "epochs": 3, "milestones": [2], "seed": s}) for s in (0, 1)]
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "alig"])
+def test_a_killed_pack_resumes_from_its_last_epoch_and_ends_as_if_never_killed(tmp_path, optimizer):
+    cfgs = [TrialConfig.from_flat({**TINY, "metrics": [], "epochs": 3, "milestones": [2], "seed": s,
+                                   "optimizer": optimizer}) for s in (0, 1)]
     assert kill_pack_at(cfgs, str(tmp_path / "cut"), 2) == -signal.SIGKILL
     resumed = run_pack(cfgs, [], ctx(tmp_path / "cut"))
     whole = run_pack(cfgs, [], ctx(tmp_path / "whole"))
@@ -133,3 +136,22 @@ def test_packs_run_through_ray_tune_and_each_member_reports_to_the_records(ray_s
     sweep = load_sweep(str(tmp_path / "ray"))
     assert sorted(sweep.trials["pack_size"]) == [1, 1, 2, 2] and (sweep.trials["status"] == "ok").all()
     assert len(sweep.pairs) == 2 and sweep.trials["node_id"].str.len().min() > 0
+
+
+def test_a_pack_that_failed_to_record_a_member_resumes_and_records_just_that_one(tmp_path):
+    cfgs = members({"seed": 0, "metrics": []}, {"seed": 1, "metrics": []})
+    blocked = tmp_path / "cut" / "trials" / f"{cfgs[1].trial_key}.parquet"
+    blocked.mkdir(parents=True)  # member 1's record cannot be written
+    with pytest.raises(StorageError):
+        run_pack(cfgs, [], ctx(tmp_path / "cut"))
+    kept = tmp_path / "cut" / "trials" / f"{cfgs[0].trial_key}.parquet"
+    stamp = os.stat(kept).st_mtime_ns
+    last = tmp_path / "cut" / "checkpoints" / pack_id([c.trial_key for c in cfgs]) / "last.pt"
+    assert last.exists()
+    blocked.rmdir()
+    resumed = run_pack(cfgs, [], ctx(tmp_path / "cut"))
+    whole = run_pack(cfgs, [], ctx(tmp_path / "whole"))
+    assert os.stat(kept).st_mtime_ns == stamp  # recorded once
+    assert resumed[1]["resumed_from_epoch"] == 1 and resumed[1]["pack_size"] == 2
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in whole]
+    assert not last.exists()

@@ -29,6 +29,10 @@ def save(storage: Storage, trial_key: str, name: str, state: dict[str, Any]) -> 
     storage.write_bytes(_path(trial_key, name), buffer.getvalue())
 
 
+def exists(storage: Storage, trial_key: str, name: str) -> bool:
+    return storage.exists(_path(trial_key, name))
+
+
 def load(storage: Storage, trial_key: str, name: str, device: str = "cpu") -> dict[str, Any] | None:
     """The saved state, or None if that checkpoint does not exist."""
     if not storage.exists(_path(trial_key, name)):

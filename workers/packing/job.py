@@ -12,7 +12,8 @@ Protocol (idempotent like `workers.trial`):
    `history`, `trials` with `pack_size` and `pack_id`). A member whose loss stopped
    being finite is recorded `diverged` at that epoch; the others train on unharmed. A
    member whose records cannot be written fails the job only after the others are
-   recorded, so a retry trains just that one.
+   recorded; the pack's `last` checkpoint stays, so a retry of the job resumes the pack
+   from it and records just the missing members.
 3. Each member's metrics then run through `run_trial` on its own model (which trains
    nothing now), and the pack's seed pairs right after, in this same worker.
 """
@@ -57,16 +58,24 @@ PairSpec = tuple[TrialConfig, TrialConfig, bool]  # two seeds of a cell, with mo
 
 def run_pack(cfgs: Sequence[TrialConfig], pairs: Sequence[PairSpec], ctx: RunContext) -> list[dict[str, Any]]:
     """Train, record and measure the members of a pack, then its pairs; returns each
-    member's trials row (with metric scalars) followed by each pair's row."""
+    member's trials row (with metric scalars) followed by each pair's row.
+
+    A retry of a pack killed while its members were being recorded resumes the whole
+    pack from its checkpoint (the recorded members are not written again); otherwise
+    only the members without a `trials` row train, alone if just one is left.
+    """
     storage = Storage.open(ctx.storage)
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
     todo = [c for c in cfgs if not storage.exists(f"trials/{c.trial_key}.parquet")]
-    if len(todo) == 1:  # a pack of one is a solo trial
+    if todo and checkpoints.exists(storage, pack_id([c.trial_key for c in cfgs]), "last"):
+        train_pack(cfgs, ctx, storage)
+    elif len(todo) == 1:
         run_trial(todo[0], ctx, solo_reason="the other members of its pack were trained already")
     elif todo:
         train_pack(todo, ctx, storage)
-    rows = [run_trial(c, ctx) for c in cfgs]
+    checkpoints.remove(storage, pack_id([c.trial_key for c in cfgs]), "last")  # left by a kill after recording
+    rows = [run_trial(c, ctx) for c in cfgs]  # each member's missing metrics, on its own model
     return rows + [run_pair(a, b, with_mc, ctx) for a, b, with_mc in pairs]
 
 
@@ -85,8 +94,8 @@ def member_splits(cfgs: Sequence[TrialConfig], device: str) -> list[Splits]:
     return splits
 
 
-def train_pack(cfgs: Sequence[TrialConfig], ctx: RunContext, storage: Storage) -> list[dict[str, Any]]:
-    """Train `cfgs` as one packed network and record every member; returns their rows."""
+def train_pack(cfgs: Sequence[TrialConfig], ctx: RunContext, storage: Storage) -> None:
+    """Train `cfgs` as one packed network and record every member not recorded yet."""
     started = time.perf_counter()
     device = ctx.resolved_device()
     members, key = len(cfgs), pack_id([c.trial_key for c in cfgs])
@@ -139,16 +148,17 @@ def train_pack(cfgs: Sequence[TrialConfig], ctx: RunContext, storage: Storage) -
     fast.release(packed)
     train_time = time.perf_counter() - train_start
     ran = {**fast.columns(), "pack_size": members, "pack_id": key, "unpacked_reason": ""}
-    rows, failed = [], []
+    failed = []
     for g, (cfg, split) in enumerate(zip(cfgs, splits)):
+        if storage.exists(f"trials/{cfg.trial_key}.parquet"):  # recorded before a kill
+            continue
         model = new_model(cfg, split, device)
         model.load_state_dict(member_state(packed, g, members))
         trained = Trained(model, histories[g], start_epoch, blown_up[g], {}, train_time, ran)
         try:
-            rows.append(record_trained(cfg, ctx, storage, split, trained, started))
+            record_trained(cfg, ctx, storage, split, trained, started)
         except StorageError as exc:  # record the other members; the job fails below
             failed.append(exc)
-    checkpoints.remove(storage, key, "last")
-    if failed:  # a retry trains the unrecorded members again
+    if failed:  # the `last` checkpoint stays: a retry resumes the pack and records the rest
         raise failed[0]
-    return rows
+    checkpoints.remove(storage, key, "last")

@@ -54,6 +54,17 @@ def _add_scaled_(targets: list[torch.Tensor], others: list[torch.Tensor], scale:
         torch._foreach_addcmul_(targets, others, scale, value=factor)
 
 
+def _with_decay(grads: list[torch.Tensor], params: list[torch.Tensor], decay: PerMember) -> list[torch.Tensor]:
+    """New gradients grad + decay * param (L2 weight decay; `.grad` stays as computed)."""
+    if isinstance(decay, float):
+        return torch._foreach_add(grads, params, alpha=decay)
+    return torch._foreach_addcmul(grads, params, decay)
+
+
+def _pick(value: PerMember, indices: list[int]) -> PerMember:
+    return value if isinstance(value, float) else [value[i] for i in indices]
+
+
 def _is_zero(value: PerMember) -> bool:
     return isinstance(value, float) and value == 0.0
 
@@ -94,17 +105,18 @@ class PackedSGD(PackedOptimizer):
         params = [p for p in self.params if p.grad is not None]
         grads = [p.grad for p in params]
         if not _is_zero(self.weight_decay):
-            _add_scaled_(grads, params, _select(self.weight_decay, self.params, params))
+            grads = _with_decay(grads, params, _select(self.weight_decay, self.params, params))
         if not _is_zero(self.momentum):
-            buffers = [self.state[p].get("momentum_buffer") for p in params]
-            if any(b is None for b in buffers):  # first step: the buffer is the gradient
-                buffers = [torch.clone(g).detach() for g in grads]
-                for p, b in zip(params, buffers):
-                    self.state[p]["momentum_buffer"] = b
-            else:
-                torch._foreach_mul_(buffers, _select(self.momentum, self.params, params))
-                torch._foreach_add_(buffers, grads)
-            grads = buffers
+            # buf <- momentum * buf + grad; a parameter's first step starts it at its gradient
+            old = [i for i, p in enumerate(params) if "momentum_buffer" in self.state[p]]
+            if old:
+                buffers = [self.state[params[i]]["momentum_buffer"] for i in old]
+                torch._foreach_mul_(buffers, _pick(_select(self.momentum, self.params, params), old))
+                torch._foreach_add_(buffers, [grads[i] for i in old])
+            for p, g in zip(params, grads):
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.clone(g).detach()
+            grads = [self.state[p]["momentum_buffer"] for p in params]
         _add_scaled_(params, grads, _select(self.lr, self.params, params), -self.param_groups[0]["lr_factor"])
 
 
@@ -121,16 +133,15 @@ class PackedAdam(PackedOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> None:  # type: ignore[override]
-        group = self.param_groups[0]
-        factor = group["lr_factor"]
-        group["step"] = step = group.get("step", 0) + 1
+        factor = self.param_groups[0]["lr_factor"]
         beta1, beta2 = self.betas
         params = [p for p in self.params if p.grad is not None]
         grads = [p.grad for p in params]
-        for p in params:
-            if "exp_avg" not in self.state[p]:
-                self.state[p]["exp_avg"] = torch.zeros_like(p)
-                self.state[p]["exp_avg_sq"] = torch.zeros_like(p)
+        for p in params:  # torch's state: a step count and two moments per parameter
+            state = self.state[p]
+            if "step" not in state:
+                state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            state["step"] += 1
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
         if not _is_zero(self.weight_decay):
@@ -138,23 +149,24 @@ class PackedAdam(PackedOptimizer):
                 decay = _select(self.lr_times_decay, self.params, params)
                 torch._foreach_mul_(params, 1 - factor * decay if isinstance(decay, float)
                                     else torch._foreach_add(torch._foreach_mul(decay, -factor), 1.0))
-            else:  # L2 in the gradient (in place, as PackedSGD: the next step zeroes it)
-                _add_scaled_(grads, params, _select(self.weight_decay, self.params, params))
+            else:
+                grads = _with_decay(grads, params, _select(self.weight_decay, self.params, params))
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        steps = [self.state[p]["step"] for p in params]
+        bias_correction1 = [1 - beta1**step for step in steps]
         denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denom, bias_correction2_sqrt)
+        torch._foreach_div_(denom, [(1 - beta2**step) ** 0.5 for step in steps])
         torch._foreach_add_(denom, self.eps)
         lr = _select(self.lr, self.params, params)
         if isinstance(lr, float):
-            torch._foreach_addcdiv_(params, exp_avgs, denom, -(lr * factor) / bias_correction1)
+            torch._foreach_addcdiv_(params, exp_avgs, denom, [-(lr * factor) / bc for bc in bias_correction1])
         else:
             update = torch._foreach_div(exp_avgs, denom)
             torch._foreach_mul_(update, lr)
-            torch._foreach_add_(params, update, alpha=-factor / bias_correction1)
+            torch._foreach_mul_(update, [-factor / bc for bc in bias_correction1])
+            torch._foreach_add_(params, update)
 
 
 class PackedAliG(PackedOptimizer):

@@ -144,14 +144,16 @@ def plan_packs(configs: list[TrialConfig], policy: PackPolicy) -> list[PackPlan]
 
 
 def _fill(configs: list[TrialConfig], size: int) -> list[list[TrialConfig]]:
-    """Packs of at most `size`, filled cell by cell: a cell that fits in the open pack
-    goes in whole, a cell larger than a pack is cut into full packs."""
+    """Packs of at most `size`, filled cell by cell: a cell that fits in a pack goes in
+    whole (into the open pack, or a new one if the open pack is too full), a cell larger
+    than a pack is cut into the open pack and full packs, its remainder left open for
+    the next cell."""
     cells: dict[str, list[TrialConfig]] = defaultdict(list)
     for cfg in configs:
         cells[cfg.cell_key].append(cfg)
     packs: list[list[TrialConfig]] = [[]]
     for cell in cells.values():
-        if len(packs[-1]) + len(cell) > size and packs[-1]:
+        if len(cell) <= size < len(packs[-1]) + len(cell):
             packs.append([])
         for cfg in cell:
             if len(packs[-1]) == size:

@@ -78,7 +78,8 @@ def train_packed_epoch(
     clipped, unclipped = ([math.nan] * members,) * 2 if sizes is None else \
         ((s / max(steps, 1)).tolist() for s in sizes)
     elapsed = time.perf_counter() - start
-    losses_mean = (loss_sum / max(seen, 1)).tolist()  # one host sync per epoch, as solo
+    # One host sync per epoch; as solo, the float32 sums divided in double.
+    losses_mean = (loss_sum.double() / max(seen, 1)).tolist()
     accuracy = (correct.double() / max(seen, 1)).tolist()
     return [EpochStats(epoch + 1, lrs[g], losses_mean[g], accuracy[g], elapsed, clipped[g], unclipped[g])
             for g in range(members)]
