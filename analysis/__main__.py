@@ -26,6 +26,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    from workers.storage import Storage
+    from workers.tables import TABLES, compact_sweep, describe
+
+    storage = Storage.open(args.path)
+    if not storage.exists("spec.json") and not any(storage.list_names(t, ".parquet") for t in TABLES):
+        raise ConfigError("path", f"{storage.uri} holds no sweep (no spec.json, no record files)")
+    for table, read in compact_sweep(storage).items():
+        print(describe(table, read))
+    return 0
+
+
 def _pairs_of(items: list[str], flag: str) -> dict[str, str]:
     """`["a=1", "b=x"]` -> {"a": "1", "b": "x"} (repeatable `--flag key=value`)."""
     pairs = {}
@@ -73,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="done / diverged / failed / missing per table; failed jobs with errors")
     status.add_argument("path", help="sweep folder or URI")
     status.set_defaults(run=cmd_status)
+    compact = commands.add_parser("compact", help="write each table as one Parquet file under PATH/tables/ "
+                                  "(readers take it plus the records it lacks)")
+    compact.add_argument("path", help="sweep folder or URI")
+    compact.set_defaults(run=cmd_compact)
     report = commands.add_parser("report", help="phase diagram, metric heatmaps and a Markdown summary")
     report.add_argument("path", help="sweep folder or URI (or an imported reference, see import-yang2021)")
     report.add_argument("--out", required=True, help="folder for the PNGs, cells.csv and summary.md")

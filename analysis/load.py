@@ -1,28 +1,28 @@
 """Read a sweep's Parquet tables into pandas, skipping (and naming) damaged files.
 
-Each table is a folder of small Parquet files, one per trial (see `workers.records`).
+Each table is a folder of small Parquet files, one per trial (see `workers.records`),
+plus, once compacted, one consolidated file holding most of them (`workers.tables`):
+it is read with only the record files it does not hold, so each row comes once.
 Metric rows (`measures`) are joined onto `trials`, so one DataFrame holds a model's
-config, outcome and landscape scalars. A file that cannot be read is reported and
-left out instead of failing the whole analysis.
+config, outcome and landscape scalars. The long tables (`history`, `curves`: a row per
+epoch or curve point, each with the full config) are read on first use: at 10,000
+models they hold 340,000 rows whose decoding alone costs seconds, and summaries, phases
+and `status` never touch them. A file that cannot be read is reported and left out
+instead of failing the whole analysis.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import sys
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from workers.storage import Storage
-
-TABLES = ("trials", "history", "measures", "curves", "pairs", "failures")
+from workers.tables import TABLES, TableRead, read_table
 
 # Columns that identify a row or describe provenance rather than configuration.
 NOT_CONFIG = {
@@ -32,19 +32,39 @@ NOT_CONFIG = {
 }
 
 
+LONG_TABLES = ("history", "curves")  # read on first use (module docstring)
+
+
 @dataclass
 class Sweep:
-    """The tables of one sweep as DataFrames; `skipped` names files that could not be read."""
+    """The tables of one sweep as DataFrames; `skipped` names record files that could not
+    be read, `ignored` consolidated files that were not used (their records were read),
+    both including the long tables once they have been read."""
 
     path: str
     spec: dict[str, Any]
     trials: pd.DataFrame
-    history: pd.DataFrame
-    curves: pd.DataFrame
     pairs: pd.DataFrame
     measures: pd.DataFrame  # one row per model and metric (also joined onto `trials`)
     failures: pd.DataFrame  # one row per failed attempt of a job (see `analysis.status`)
     skipped: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # consolidated tables not used, and why
+    long: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)  # LONG_TABLES read so far
+
+    @property
+    def history(self) -> pd.DataFrame:
+        return self._long("history")
+
+    @property
+    def curves(self) -> pd.DataFrame:
+        return self._long("curves")
+
+    def _long(self, table: str) -> pd.DataFrame:
+        if table not in self.long:
+            read = read_table(Storage.open(self.path), table)
+            _report([read], self)
+            self.long[table] = read.data.to_pandas()
+        return self.long[table]
 
     def axes(self) -> list[str]:
         """Grid axes other than seed: from spec.json, else the columns that vary."""
@@ -66,38 +86,25 @@ def status_counts(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return flags.groupby([trials[k] for k in keys], dropna=False).sum().astype(int)
 
 
-def _read_threads(storage: Storage) -> int:
-    """Files read at once. A remote store answers each GET after a round trip, so many
-    requests in flight hide it; on a local disk a few threads overlap Parquet decoding
-    (which releases the GIL) and more only contend: on 2 cores, 4 threads read one-row
-    files 1.4-1.8x faster than one at a time, 8 or 16 threads less so."""
-    return 4 if storage.is_local else 16
+def read_tables(storage: Storage, tables: tuple[str, ...]) -> dict[str, TableRead]:
+    """Tables through their consolidated file plus the records it lacks (see
+    `workers.tables`); their listings run at once, which hides an object store's round
+    trips."""
+    with ThreadPoolExecutor(len(tables)) as pool:
+        return dict(zip(tables, pool.map(lambda table: read_table(storage, table), tables)))
 
 
-def read_table(storage: Storage, table: str, skipped: list[str]) -> pd.DataFrame:
-    """All readable files of one table concatenated, in name order; unreadable ones go to
-    `skipped`."""
-    names = storage.list_names(table, ".parquet")
-
-    def read(name: str) -> pa.Table | Exception:
-        try:
-            return pq.read_table(io.BytesIO(storage.read_bytes(f"{table}/{name}.parquet")))
-        except (pa.ArrowException, OSError) as exc:
-            return exc
-
-    with ThreadPoolExecutor(_read_threads(storage)) as pool:
-        results = list(pool.map(read, names))
-    parts = []
-    for name, result in zip(names, results):
-        if isinstance(result, Exception):
-            relpath = f"{table}/{name}.parquet"
-            skipped.append(relpath)
-            warnings.warn(f"skipping unreadable record {storage.path(relpath)}: {result}", stacklevel=2)
-        else:
-            parts.append(result)
-    if not parts:
-        return pd.DataFrame()
-    return pa.concat_tables(parts, promote_options="permissive").to_pandas()
+def _report(reads: list[TableRead], sweep: Sweep) -> None:
+    """Name unreadable record files and unused consolidated files on stderr and in `sweep`."""
+    skipped = [relpath for read in reads for relpath in read.skipped]
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}", file=sys.stderr)
+    for read in reads:
+        if read.ignored:
+            print(f"warning: ignoring consolidated table {read.ignored}; reading its record files instead "
+                  "(`python -m analysis compact` rebuilds it)", file=sys.stderr)
+    sweep.skipped += skipped
+    sweep.ignored += [read.ignored for read in reads if read.ignored]
 
 
 def _join_measures(trials: pd.DataFrame, measures: pd.DataFrame) -> pd.DataFrame:
@@ -117,10 +124,9 @@ def load_sweep(path: str) -> Sweep:
     spec: dict[str, Any] = {}
     if storage.exists("spec.json"):
         spec = json.loads(storage.read_bytes("spec.json"))
-    skipped: list[str] = []
-    frames = {t: read_table(storage, t, skipped) for t in TABLES}
-    if skipped:
-        print(f"warning: skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}", file=sys.stderr)
+    reads = read_tables(storage, tuple(t for t in TABLES if t not in LONG_TABLES))
+    frames = {table: read.data.to_pandas() for table, read in reads.items()}
     trials = _join_measures(frames["trials"], frames["measures"])
-    return Sweep(storage.uri, spec, trials, frames["history"], frames["curves"], frames["pairs"],
-                 frames["measures"], frames["failures"], skipped)
+    sweep = Sweep(storage.uri, spec, trials, frames["pairs"], frames["measures"], frames["failures"])
+    _report(list(reads.values()), sweep)
+    return sweep

@@ -75,4 +75,7 @@ def format_status(sweep: Sweep) -> str:
         lines += [f"  {row.kind} {row.key}: {row.error}" for row in failed.itertuples()]
     if sweep.skipped:
         lines.append("unreadable files (skipped): " + ", ".join(sweep.skipped))
+    if sweep.ignored:
+        lines.append("consolidated tables ignored (records read instead; `python -m analysis compact` "
+                     "rebuilds them): " + "; ".join(sweep.ignored))
     return "\n".join(lines)

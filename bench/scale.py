@@ -1,7 +1,7 @@
 """Scale benchmark: how the driver and the analysis cope with large sweeps.
 
-    python bench/scale.py            # 10,000-trial grid (~15 min on 2 cores)
-    python bench/scale.py --quick    # 1,000-trial grid (< 3 min)
+    python bench/scale.py            # 10,000-trial grid, 10,000-model records (~45 min on 2 cores)
+    python bench/scale.py --quick    # 1,000-trial grid, 500-model records (< 6 min)
 
 1. Driver: a grid of real trial configs (the taxonomy's width x batch_size x lr x seed)
    runs through `sweeps.driver.run_jobs` with a placeholder trainable that returns at
@@ -13,6 +13,10 @@
    diagram (width x batch_size, 400 cells, other axes pooled; the < 2 s target) and once
    cell by cell (20,000 cells). A real sweep writes one file per model, so the per-file
    read cost is measured too (1,000 one-row files).
+3. Consolidated tables (`bench/consolidated.py`): a synthetic 10,000-model sweep as the record
+   files a sweep writes (55,000 files), opened and summarised before and after the
+   driver's end-of-run compaction, the driver's start-up on a rerun, the sizes, and a
+   smaller sweep on a local moto S3 server.
 
 Prints one line per figure and returns them from `run(quick)`.
 """
@@ -31,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from bench.consolidated import run as table_figures
 
 ROWS = 100_000
 ONE_ROW_FILES = 1_000
@@ -171,25 +177,30 @@ def analysis_figures(rows: int) -> dict[str, Any]:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    """All figures: a 1,000-trial (quick) or 10,000-trial driver run, then the analysis."""
+    """All figures: a 1,000-trial (quick) or 10,000-trial driver run, the analysis, the
+    consolidated tables (see `bench.consolidated`)."""
     driver = driver_figures(1_000 if quick else 10_000)
     analysis = analysis_figures(ROWS)
+    tables = table_figures(quick)
     return {
         "driver": driver,
         "analysis": analysis,
+        "tables_local": tables["local"],
+        "tables_s3": tables["s3"],
         "targets_met": {
             "driver_rss": driver["driver_peak_rss_mb"] < RSS_LIMIT_MB,
             "per_trial_overhead": driver["per_trial_s"] <= OVERHEAD_LIMIT_S,
             "analysis_100k_rows": analysis["load_and_classify_diagram_s"] < LOAD_LIMIT_S,
+            **{f"tables_{k}": v for k, v in tables["targets_met"].items()},
         },
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1,000-trial grid instead of 10,000")
+    parser.add_argument("--quick", action="store_true", help="1,000-trial grid and 500-model records instead of 10,000")
     figures = run(parser.parse_args(argv).quick)
-    for part in ("driver", "analysis", "targets_met"):
+    for part in ("driver", "analysis", "tables_local", "tables_s3", "targets_met"):
         for key, value in figures[part].items():
             print(f"{part}.{key}: {value}")
     return 0 if all(figures["targets_met"].values()) else 1

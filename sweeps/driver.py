@@ -25,6 +25,7 @@ from workers.config import TrialConfig
 from workers.errors import ConfigError
 from workers.packing.plan import PackPlan, PackPolicy, plan_packs
 from workers.storage import Storage
+from workers.tables import compact_after_run, held_records
 from workers.trial import RunContext, missing_metrics
 
 Log = Callable[[str], None]
@@ -111,11 +112,11 @@ def run(
     storage = Storage.open(spec.storage).child(spec.name)
     with sweep_lock(storage):
         for table in RECORD_TABLES:
-            for relpath in storage.quarantine_unreadable(table):
+            for relpath in storage.quarantine_unreadable(table, trusted=held_records(storage, table)):
                 say(f"warning: {relpath} was unreadable; moved to _quarantine/, will be recomputed")
         todo = pending_trials(configs, storage)
         pairs = pending_pairs(configs, storage)
-        packs = plan_packs(todo, options.pack_policy())
+        packs = plan_jobs_to_train(todo, storage, options.pack_policy())
         version = code_version()
         write_spec(storage, spec, version)
         packed = sum(len(p.members) for p in packs if len(p.members) > 1)
@@ -131,7 +132,11 @@ def run(
         elif options.in_process:
             failed = _run_in_process(jobs, axes, log)
         else:
-            failed = _run_with_tune(jobs, configs, todo, context, options, storage, axes, log)
+            failed_jobs = _run_with_tune(jobs, configs, todo, context, options, storage, axes, log)
+            # what is still unrecorded, counted in models and pairs (a pack's job owes several)
+            failed = len(pending_trials(todo, storage)) + len(pending_pairs(configs, storage)) if failed_jobs else 0
+        for line in compact_after_run(storage):  # one file per table for readers (workers.tables)
+            say(line)
     ran = len(todo) + len(pairs)
     return RunSummary(storage.uri, len(configs), len(configs) - len(todo), ran - failed, failed,
                       time.perf_counter() - start)
@@ -160,6 +165,15 @@ def sweep_lock(storage: Storage) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def plan_jobs_to_train(todo: list[TrialConfig], storage: Storage, policy: PackPolicy) -> list[PackPlan]:
+    """Packs of the trials that have no model yet; a trained model that misses only a
+    metric is measured by a solo job (it trains nothing, so it gains nothing in a pack)."""
+    trained = set(storage.list_names("trials", ".parquet"))
+    untrained = [c for c in todo if c.trial_key not in trained]
+    measured_only = [PackPlan((c,), "trained already") for c in todo if c.trial_key in trained]
+    return measured_only + plan_packs(untrained, policy)
 
 
 def plan_jobs(packs: list[PackPlan], pairs: list[PairPlan], context: RunContext) -> list[Job]:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,6 +35,18 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """`host:port` of a moto S3 server with bucket `sweeps` (bench.s3server); AWS env set."""
+    from bench.s3server import CREDENTIALS, moto_server
+
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in CREDENTIALS.items():
+            env.setenv(key, value)
+        with moto_server() as endpoint:
+            yield endpoint
 
 
 @pytest.fixture

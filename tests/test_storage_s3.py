@@ -2,69 +2,25 @@
 
 The sweep itself runs in a subprocess with its own Ray: Ray workers take their
 environment (here the S3 credentials) from the process that started Ray, and the test
-session's Ray was started before these variables existed.
+session's Ray was started before these variables existed. The server is the
+`s3_endpoint` fixture of conftest.py (bench.s3server).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
 from analysis import load_sweep
+from bench.s3server import CREDENTIALS, uri
 from workers.errors import StorageError
 from workers.storage import Storage
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """`host:port` of a moto S3 server on 127.0.0.1 with bucket `sweeps`; AWS env set."""
-    server = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
-    assert server, "moto_server not installed: pip install -e '.[test]'"
-    port = free_port()
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with pytest.MonkeyPatch.context() as env:
-        for key, value in CREDENTIALS.items():
-            env.setenv(key, value)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert proc.poll() is None and time.monotonic() < deadline, "moto_server did not start"
-                    time.sleep(0.2)
-            endpoint = f"127.0.0.1:{port}"
-            pafs.S3FileSystem(endpoint_override=endpoint, scheme="http",
-                              allow_bucket_creation=True).create_dir("sweeps")
-            yield endpoint
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-
-def uri(endpoint: str, prefix: str) -> str:
-    return f"s3://sweeps/{prefix}?endpoint_override={endpoint}&scheme=http"
 
 
 def test_storage_round_trip_on_s3(s3_endpoint):

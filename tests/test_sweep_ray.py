@@ -46,7 +46,11 @@ def test_four_trial_sweep_then_rerun_runs_nothing(ray_session, sweep_dir, capsys
                                  *GRID[:2], "--set", "width=2,4,8", *GRID[4:]]) == 0
     assert "4 already done, 2 to run" in capsys.readouterr().out
     assert len(load_sweep(str(sweep_dir / "four")).trials) == 6
-    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    records = {p: m for p, m in mtimes.items() if p.parent.name != "tables"}  # consolidated files are replaced
+    assert {p: p.stat().st_mtime_ns for p in records} == records
+    consolidated = f"{sweep_dir}/four/tables/trials.parquet"  # rebuilt at the end of the run
+    assert len(pd.read_parquet(consolidated)) == 6
+    assert duckdb.sql(f"SELECT count(DISTINCT trial_key) FROM '{consolidated}'").fetchall() == [(6,)]
 
     assert analysis_main(["summary", str(sweep_dir / "four")]) == 0
     table = capsys.readouterr().out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -19,6 +20,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from workers.errors import StorageError
+
+FileStamp = tuple[int, int]  # (size in bytes, mtime in ns) of a finished file, from a listing
 
 
 def is_uri(location: str) -> bool:
@@ -92,25 +95,36 @@ class Storage:
         with self.fs.open_input_stream(self.path(relpath)) as f:
             return f.read()
 
-    def list_names(self, folder: str, suffix: str = "") -> list[str]:
-        """Names of finished files in `folder` (temp files skipped), without `suffix`."""
+    def list_files(self, folder: str, suffix: str = "") -> dict[str, FileStamp]:
+        """Finished files in `folder` (temp files skipped), without `suffix`, each with the
+        size and mtime of that same listing: one LIST per 1,000 names on an object store,
+        and enough to notice a file rewritten since (see `workers.tables`)."""
         selector = pafs.FileSelector(self.path(folder), allow_not_found=True)
-        names = []
+        files = {}
         for info in self.fs.get_file_info(selector):
             if info.type != pafs.FileType.File or info.base_name.startswith((".", "_")):
                 continue
             if info.base_name.endswith(suffix):
-                names.append(info.base_name[: len(info.base_name) - len(suffix)])
-        return sorted(names)
+                files[info.base_name[: len(info.base_name) - len(suffix)]] = (info.size, info.mtime_ns or 0)
+        return files
 
-    def quarantine_unreadable(self, folder: str) -> list[str]:
+    def list_names(self, folder: str, suffix: str = "") -> list[str]:
+        """Names of finished files in `folder` (temp files skipped), without `suffix`."""
+        return sorted(self.list_files(folder, suffix))
+
+    def quarantine_unreadable(self, folder: str, trusted: Mapping[str, FileStamp] | None = None) -> list[str]:
         """Move Parquet files of `folder` whose footer cannot be read to `_quarantine/`.
 
         Our writes are atomic, so a damaged file means outside harm (a disk fault, a
         copy cut short); moving it away makes the next run recompute that record.
+        `trusted` names files known readable at that (size, mtime), e.g. the records a
+        consolidated table holds, so a rerun of a large sweep does not open every file.
         """
+        trusted = trusted or {}
         moved = []
-        for name in self.list_names(folder, ".parquet"):
+        for name, stamp in self.list_files(folder, ".parquet").items():
+            if trusted.get(name) == stamp:
+                continue
             relpath = f"{folder}/{name}.parquet"
             try:
                 with self.fs.open_input_file(self.path(relpath)) as f:
@@ -119,7 +133,7 @@ class Storage:
                 self.fs.create_dir(self.path(f"_quarantine/{folder}"), recursive=True)
                 self.fs.move(self.path(relpath), self.path(f"_quarantine/{relpath}"))
                 moved.append(relpath)
-        return moved
+        return sorted(moved)
 
     def write_table(self, table: str, key: str, data: pa.Table) -> None:
         """Write one record file `<table>/<key>.parquet`."""
