@@ -67,14 +67,15 @@ def run_pack(cfgs: Sequence[TrialConfig], pairs: Sequence[PairSpec], ctx: RunCon
     storage = Storage.open(ctx.storage)
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
+    key = pack_id([c.trial_key for c in cfgs])
     todo = [c for c in cfgs if not storage.exists(f"trials/{c.trial_key}.parquet")]
-    if todo and checkpoints.exists(storage, pack_id([c.trial_key for c in cfgs]), "last"):
+    if todo and checkpoints.exists(storage, key, "last"):
         train_pack(cfgs, ctx, storage)
     elif len(todo) == 1:
         run_trial(todo[0], ctx, solo_reason="the other members of its pack were trained already")
     elif todo:
         train_pack(todo, ctx, storage)
-    checkpoints.remove(storage, pack_id([c.trial_key for c in cfgs]), "last")  # left by a kill after recording
+    checkpoints.remove(storage, key, "last")  # left by a kill after the last member was recorded
     rows = [run_trial(c, ctx) for c in cfgs]  # each member's missing metrics, on its own model
     return rows + [run_pair(a, b, with_mc, ctx) for a, b, with_mc in pairs]
 
