@@ -107,12 +107,16 @@ def run_trial(cfg: TrialConfig, ctx: RunContext, solo_reason: str = "") -> dict[
         torch.set_num_threads(ctx.threads)
     key = cfg.trial_key
     started = time.perf_counter()
+    recorded = storage.exists(f"trials/{key}.parquet")
+    row = storage.read_table("trials", key).to_pylist()[0] if recorded else None
+    todo = missing_metrics(cfg, set(storage.list_names("measures", ".parquet")))
+    if row is not None and (row["status"] != "ok" or not todo):
+        return row  # nothing to do: no data, no model (a pack job asks this of every member)
 
     seed_everything(cfg.train.seed)
     splits = prepare(cfg.data, device)
     model = new_model(cfg, splits, device)  # initialised from the seed alone
-    if storage.exists(f"trials/{key}.parquet"):
-        row = storage.read_table("trials", key).to_pylist()[0]
+    if row is not None:
         final = checkpoints.load(storage, key, "final", device)
         if final is not None:
             model.load_state_dict(final["model"])
@@ -120,7 +124,6 @@ def run_trial(cfg: TrialConfig, ctx: RunContext, solo_reason: str = "") -> dict[
         trained = _train(cfg, ctx.sweep, storage, splits, model, device, solo_columns(solo_reason))
         row = record_trained(cfg, ctx, storage, splits, trained, started)
 
-    todo = missing_metrics(cfg, set(storage.list_names("measures", ".parquet")))
     if row["status"] == "ok" and todo:
         init = checkpoints.load(storage, key, "init", device)
         for metric in todo:
