@@ -69,11 +69,12 @@ def code_version() -> str:
         return "unknown"
 
 
-def pending_trials(configs: list[TrialConfig], storage: Storage) -> list[TrialConfig]:
-    """Configs whose model or any of whose metrics has no record yet (two listings)."""
+def pending_trials(configs: list[TrialConfig], storage: Storage) -> tuple[list[TrialConfig], set[str]]:
+    """Configs whose model or any of whose metrics has no record yet, and the keys of
+    the trained models (two listings)."""
     trained = set(storage.list_names("trials", ".parquet"))
     measured = set(storage.list_names("measures", ".parquet"))
-    return [c for c in configs if c.trial_key not in trained or missing_metrics(c, measured)]
+    return [c for c in configs if c.trial_key not in trained or missing_metrics(c, measured)], trained
 
 
 RECORD_TABLES = ("trials", "measures", "pairs")
@@ -114,9 +115,9 @@ def run(
         for table in RECORD_TABLES:
             for relpath in storage.quarantine_unreadable(table, trusted=held_records(storage, table)):
                 say(f"warning: {relpath} was unreadable; moved to _quarantine/, will be recomputed")
-        todo = pending_trials(configs, storage)
+        todo, trained = pending_trials(configs, storage)
         pairs = pending_pairs(configs, storage)
-        packs = plan_jobs_to_train(todo, storage, options.pack_policy())
+        packs = plan_jobs_to_train(todo, trained, options.pack_policy())
         version = code_version()
         write_spec(storage, spec, version)
         packed = sum(len(p.members) for p in packs if len(p.members) > 1)
@@ -134,7 +135,7 @@ def run(
         else:
             failed_jobs = _run_with_tune(jobs, configs, todo, context, options, storage, axes, log)
             # what is still unrecorded, counted in models and pairs (a pack's job owes several)
-            failed = len(pending_trials(todo, storage)) + len(pending_pairs(configs, storage)) if failed_jobs else 0
+            failed = len(pending_trials(todo, storage)[0]) + len(pending_pairs(configs, storage)) if failed_jobs else 0
         for line in compact_after_run(storage):  # one file per table for readers (workers.tables)
             say(line)
     ran = len(todo) + len(pairs)
@@ -167,10 +168,9 @@ def sweep_lock(storage: Storage) -> Iterator[None]:
         lock.release()
 
 
-def plan_jobs_to_train(todo: list[TrialConfig], storage: Storage, policy: PackPolicy) -> list[PackPlan]:
+def plan_jobs_to_train(todo: list[TrialConfig], trained: set[str], policy: PackPolicy) -> list[PackPlan]:
     """Packs of the trials that have no model yet; a trained model that misses only a
     metric is measured by a solo job (it trains nothing, so it gains nothing in a pack)."""
-    trained = set(storage.list_names("trials", ".parquet"))
     untrained = [c for c in todo if c.trial_key not in trained]
     measured_only = [PackPlan((c,), "trained already") for c in todo if c.trial_key in trained]
     return measured_only + plan_packs(untrained, policy)
