@@ -135,9 +135,9 @@ def print_packs(packs: list[PackPlan], options: driver.RunOptions, axes: list[st
     print(f"packing ({policy.why}): {sum(len(p.members) for p in grouped)} models in {len(grouped)} packs, "
           f"{len(packs) - len(grouped)} solo")
     for plan in grouped:
-        share = job_gpus({"kind": "pack", "members": [c.to_flat() for c in plan.members]}, options.gpus_per_trial)
-        print(f"  {job_label({'kind': 'pack', 'members': [c.to_flat() for c in plan.members], 'pairs': []}, axes)}"
-              f"  {options.cpus_per_trial:g} CPU, {share:g} GPU")
+        job = {"kind": "pack", "members": [c.to_flat() for c in plan.members], "pairs": []}
+        print(f"  {job_label(job, axes)}  {options.cpus_per_trial:g} CPU, "
+              f"{job_gpus(job, options.gpus_per_trial):g} GPU")
     reasons = Counter(p.solo_reason for p in packs if len(p.members) == 1)
     for reason, count in reasons.most_common():
         print(f"  solo: {count} ({reason})")

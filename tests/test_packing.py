@@ -201,3 +201,15 @@ def test_a_bad_pack_setting_names_the_option(bad):
 
     with pytest.raises(ConfigError, match="--pack"):
         PackPolicy.parse(bad, "cpu")
+
+
+def test_the_dry_run_lists_the_packs_and_a_bad_pack_setting_exits_2(capsys, tmp_path):
+    from sweeps.cli import main
+
+    assert main("taxonomy", "", ["--dry-run", "--storage", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "packing (--pack auto on cpu): 12 models in 6 packs, 4 solo" in out
+    assert "  pack of 2 width=2 batch_size=32 seed=0,1  1 CPU, 0 GPU" in out
+    assert main("taxonomy", "", ["--dry-run", "--pack", "x", "--storage", str(tmp_path)]) == 2
+    assert "error: --pack: must be 'auto', 'off' or a pack size >= 1, got 'x'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written
