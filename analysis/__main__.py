@@ -69,6 +69,25 @@ def cmd_study_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refine_replay(args: argparse.Namespace) -> int:
+    from analysis.refine import RefineSettings
+    from analysis.replay import agreement, full_grid_phases, replay
+    from analysis.report import ReportOptions, phase_grid, write_report  # matplotlib: only when needed
+
+    result = replay(args.source, args.out, RefineSettings.parse(args.refine), args.thresholds)
+    grid = result.grid
+    report = write_report(result.path, args.report or f"{args.out.rstrip('/')}/report",
+                          ReportOptions(x=grid.x, y=grid.y, thresholds=args.thresholds))
+    share, differ = agreement(full_grid_phases(load_sweep(args.source), grid, args.thresholds), report.cells, grid)
+    print(phase_grid(report.cells, grid.x, grid.y).to_string())
+    print(f"rounds: {' + '.join(map(str, result.rounds))} cells; trained {result.cells} of {len(grid.cells)} cells, "
+          f"{result.models} of {result.total_models} models ({result.models / result.total_models:.1%})")
+    print(f"agreement with the full grid ({args.thresholds} thresholds): {share:.1%} of cells"
+          + (f"; differ at {', '.join(f'{grid.x}={a} {grid.y}={b}' for a, b in differ)}" if differ else ""))
+    print(f"report: {report.files['summary']}")
+    return 0
+
+
 def cmd_import_yang2021(args: argparse.Namespace) -> int:
     counts = import_archive(args.archive, args.out)
     print(f"imported {counts['cells']} cells, {counts['models']} models, {counts['pairs']} seed pairs, "
@@ -105,6 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     yang.add_argument("archive", help="their results.tar.gz")
     yang.add_argument("--out", required=True, help="folder (or URI) to write the records to")
     yang.set_defaults(run=cmd_import_yang2021)
+    replay = commands.add_parser("refine-replay", help="what --refine would train on a finished full-grid sweep, "
+                                 "each cell answered from its records; agreement with the full diagram")
+    replay.add_argument("source", help="a full-grid sweep folder (e.g. the import of the published metrics)")
+    replay.add_argument("--out", required=True, help="new folder for the refined sweep's records")
+    replay.add_argument("--refine", default="", metavar="budget=F,stride=N",
+                        help="as the sweeps' --refine (default: budget=0.5,stride=2)")
+    replay.add_argument("--thresholds", choices=("paper", "auto"), default="paper",
+                        help="for refining, the report and the full diagram alike (default: paper)")
+    replay.add_argument("--report", help="folder for the refined report (default: OUT/report)")
+    replay.set_defaults(run=cmd_refine_replay)
     study = commands.add_parser("study-report", help="report of the interpolation or optimizers study")
     study.add_argument("path", help="sweep folder or URI written by sweeps/interpolation.py or sweeps/optimizers.py")
     study.add_argument("--out", help="folder for the report (default: PATH/report; ./report-NAME for a URI)")

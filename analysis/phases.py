@@ -207,6 +207,13 @@ def otsu(values: np.ndarray) -> tuple[float, float]:
     return float(0.5 * (v[best] + v[best + 1])), float(between[best] / v.var())
 
 
+def mc_scale(mc):
+    """sign(mc) * ln(1 + |mc|): keeps the cluster of mc values near 0 (well connected)
+    apart from the long tail of barriers (down to -30 points), where a split or an
+    average of raw mc would be decided by the tail."""
+    return np.sign(mc) * np.log1p(np.abs(mc))
+
+
 def auto_thresholds(cells: pd.DataFrame, fallback: Thresholds = PAPER) -> Thresholds:
     """Thresholds from the sweep's own cells, by Otsu's split of each metric.
 
@@ -237,8 +244,7 @@ def auto_thresholds(cells: pd.DataFrame, fallback: Thresholds = PAPER) -> Thresh
 
     fit("log_top_eigenvalue", column("log_top_eigenvalue"))
     fit("train_loss", column("log_train_loss"), back=math.exp)
-    mc = column("mc_mean")
-    fit("mc", np.sign(mc) * np.log1p(mc.abs()), back=lambda s: math.copysign(math.expm1(abs(s)), s),
+    fit("mc", mc_scale(column("mc_mean")), back=lambda s: math.copysign(math.expm1(abs(s)), s),
         accept=lambda x: x < 0)
     flat_connected = classify(cells, replace(fallback, **values))["phase"].isin(["IV-A", "IV-B", "IV"])
     fit("cka", column("cka_softmax_mean")[flat_connected])

@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullLocator
 
 # Pastel fills, so the black labels stay readable; "?" marks an uncertain cell.
@@ -92,7 +93,8 @@ def _centres(x: Axis, y: Axis):
 
 
 def phase_diagram(cells: pd.DataFrame, x_name: str, y_name: str, path: str, title: str) -> None:
-    """Cells coloured and labelled by phase (`phase`, `uncertain` columns)."""
+    """Cells coloured and labelled by phase (`phase`, `uncertain` columns); cells with
+    `inferred` True (a refined sweep's untrained cells) lighter and hatched."""
     x, y = make_axis(x_name, cells[x_name]), make_axis(y_name, cells[y_name])
     labels = list(PHASE_COLORS)
     codes = cells.assign(_code=cells["phase"].map({p: i for i, p in enumerate(labels)}))
@@ -102,14 +104,23 @@ def phase_diagram(cells: pd.DataFrame, x_name: str, y_name: str, path: str, titl
     ax.pcolormesh(x.edges, y.edges, np.ma.masked_invalid(grid), cmap=cmap,
                   vmin=-0.5, vmax=len(labels) - 0.5, edgecolors="white", linewidth=0.5)
     uncertain = _grid(cells.assign(_u=cells["uncertain"].astype(float)), x, y, "_u")
+    inferred = _grid(cells.assign(_i=cells.get("inferred", False)).astype({"_i": float}), x, y, "_i")
     for i, j, cx, cy in _centres(x, y):
         if np.isnan(grid[i, j]):
             continue
         label = labels[int(grid[i, j])]
         text = "div." if label == "diverged" else "?" if label == "unclassified" else label
         text += "?" if uncertain[i, j] == 1 else ""
+        if inferred[i, j] == 1:  # a refined sweep's untrained cell: lighter, hatched, grey label
+            ax.add_patch(Rectangle((x.edges[j], y.edges[i]), x.edges[j + 1] - x.edges[j], y.edges[i + 1] - y.edges[i],
+                                   facecolor=(1, 1, 1, 0.5), edgecolor=(0.45, 0.45, 0.45, 0.6), hatch="////",
+                                   linewidth=0))
         ax.text(cx, cy, text, ha="center", va="center", fontsize=7, in_layout=False,
-                color="white" if label == "diverged" else "black")
+                color="white" if label == "diverged" else "dimgray" if inferred[i, j] == 1 else "black",
+                style="italic" if inferred[i, j] == 1 else "normal")
+    if np.nansum(inferred) > 0:
+        ax.set_title(f"{title}\nhatched: {int(np.nansum(inferred))} cells not trained, inferred from their "
+                     f"nearest trained cells", fontsize=9)
     _finish_axes(ax, x, y)
     fig.tight_layout()
     fig.savefig(path, dpi=130)

@@ -19,6 +19,7 @@ import pandas as pd
 from analysis import plots
 from analysis.load import Sweep, load_sweep
 from analysis.phases import THRESHOLD_NAMES, Thresholds, cell_metrics, classify, resolve_thresholds
+from analysis.refine import diagram_axes, refined_grid, with_inferred
 from workers.errors import ConfigError
 
 # (column of the cell table, file stem, title) of each heatmap.
@@ -37,7 +38,8 @@ TABLE = (
     ("train_loss_mean", "train loss", "{:.3g}"), ("test_acc_mean", "test acc", "{:.3f}"),
     ("log_top_eigenvalue", "ln λmax", "{:.2f}"), ("log_trace", "ln trace", "{:.2f}"),
     ("mc_mean", "mc", "{:.2f}"), ("cka_softmax_mean", "CKA", "{:.3f}"), ("l2_distance_mean", "L2", "{:.3g}"),
-    ("phase", "phase", "{}"), ("confidence", "confidence", "{:.2f}"), ("note", "note", "{}"),
+    ("phase", "phase", "{}"), ("confidence", "confidence", "{:.2f}"), ("inferred", "inferred", "{}"),
+    ("note", "note", "{}"),
 )
 
 
@@ -50,23 +52,12 @@ class ReportOptions:
     overrides: dict[str, str] = field(default_factory=dict)  # threshold name -> value
 
 
-def diagram_axes(sweep: Sweep, options: ReportOptions) -> tuple[str, str]:
-    """The diagram's (x, y): as asked, else width x batch_size, else the first two axes."""
-    free = [a for a in sweep.axes() if a not in options.fixed]
-    preferred = [a for a in ("width", "batch_size") if a in free] + [a for a in free if a not in ("width", "batch_size")]
-    x = options.x or next((a for a in preferred if a != options.y), None)
-    y = options.y or next((a for a in preferred if a != x), None)
-    if x is None or y is None:
-        raise ConfigError("--x/--y", f"the diagram needs two axes; this sweep varies {free or 'nothing'}; "
-                          "name two columns with --x and --y")
-    if x == y:
-        raise ConfigError("--y", f"must differ from --x ({x})")
-    return x, y
-
-
 def phase_grid(cells: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Phase labels as a y-by-x table ("?" appended where uncertain)."""
+    """Phase labels as a y-by-x table ("?" appended where uncertain; inferred cells of a
+    refined sweep in parentheses)."""
     labels = cells["phase"] + cells["uncertain"].map({True: "?", False: ""})
+    if "inferred" in cells:
+        labels = labels.where(~cells["inferred"].astype(bool), "(" + labels + ")")
     return cells.assign(label=labels).pivot(index=y, columns=x, values="label").fillna("")
 
 
@@ -84,10 +75,12 @@ def write_report(path: str, out: str, options: ReportOptions = ReportOptions()) 
     sweep = load_sweep(path)
     if sweep.trials.empty:
         raise ConfigError("PATH", f"{path}: no trials records found")
-    x, y = diagram_axes(sweep, options)
+    x, y = diagram_axes([a for a in sweep.axes() if a not in options.fixed], options.x, options.y)
     cells = cell_metrics(sweep, [x, y], options.fixed)
     thresholds = resolve_thresholds(cells, options.thresholds, options.overrides)
     classified = classify(cells, thresholds)
+    grid = refined_grid(sweep.spec, x, y)  # a refined sweep's untrained cells: from their neighbours
+    classified = with_inferred(grid, classified, thresholds) if grid else classified.assign(inferred=False)
     os.makedirs(out, exist_ok=True)
     written = {"phase_diagram": os.path.join(out, "phase_diagram.png")}
     name = sweep.spec.get("name") or os.path.basename(path.rstrip("/"))
@@ -119,11 +112,21 @@ def summary_markdown(
     fixed = ", ".join(f"{k} = {v}" for k, v in options.fixed.items()) or "none"
     pooled = "; ".join(_pooled_axes(sweep, x, y, options)) or "none"
     counts = cells["phase"].value_counts()
+    inferred = cells["inferred"].astype(bool)
     lines = [
         f"# Phase report: {sweep.path}",
         "",
         f"- Records: {len(trials)} models ({int((trials['status'] == 'ok').sum())} ok), "
         f"{len(pairs)} seed pairs ({n_curves} with a Bezier curve), {len(cells)} cells.",
+    ]
+    if inferred.any():
+        refine = sweep.spec.get("refine", {})
+        lines.append(
+            f"- Refined sweep ({', '.join(f'{k}={v}' for k, v in refine.items())}): {int((~inferred).sum())} "
+            f"cells trained, {int(inferred.sum())} inferred from their nearest trained cells "
+            f"({int((inferred & cells['uncertain'].astype(bool)).sum())} of them uncertain: their neighbours "
+            "disagree), drawn hatched and shown in parentheses.")
+    lines += [
         f"- Diagram axes: x = `{x}`, y = `{y}` (small values at the top). Fixed: {fixed}. "
         f"Pooled within each cell (models of all their values averaged together): {pooled}.",
         "- Phases: " + ", ".join(f"{p} {counts[p]}" for p in counts.index)
@@ -158,7 +161,8 @@ def _cell_text(value, fmt: str) -> str:
 
 
 def _markdown_table(cells: pd.DataFrame, axes: list[str]) -> str:
-    columns = [(a, a, "{}") for a in axes] + [c for c in TABLE if c[0] in cells]
+    columns = [(a, a, "{}") for a in axes] + [c for c in TABLE if c[0] in cells
+                                              and (c[0] != "inferred" or cells["inferred"].any())]
     rows = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
     for _, row in cells.iterrows():
         rows.append("| " + " | ".join(_cell_text(row[c], f) for c, _, f in columns) + " |")
