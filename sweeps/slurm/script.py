@@ -99,7 +99,7 @@ head_ip=$(srun --nodes=1 --ntasks=1 -w "${{nodes[0]}}" hostname --ip-address | a
 port=$(( 10000 + SLURM_JOB_ID % {PORT_BLOCKS} * 1000 ))
 address=$head_ip:$port
 ray_args=(--num-cpus="$cpus" --num-gpus={request.gpus_per_node} --include-dashboard=false --disable-usage-stats
-    --node-manager-port=$((port + 1)) --object-manager-port=$((port + 2)) --ray-client-server-port=$((port + 3))
+    --node-manager-port=$((port + 1)) --object-manager-port=$((port + 2)) --dashboard-port=$((port + 3))
     --dashboard-agent-grpc-port=$((port + 4)) --dashboard-agent-listen-port=$((port + 5))
     --metrics-export-port=$((port + 6)) --runtime-env-agent-port=$((port + 7))
     --min-worker-port=$((port + 100)) --max-worker-port=$((port + 999)))
@@ -142,7 +142,8 @@ sweep_pid=$!
 def _explicit() -> str:
     return f"""
 # The head's Ray first, then one Ray per other node; each `ray start --block` step stops
-# its node's Ray when the step is ended.
+# its node's Ray when the step is ended (at once: with the sweep over there is nothing to drain).
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0
 srun --nodes=1 "${{step[@]}}" -w "${{nodes[0]}}" \\
     ray start --head --block --node-ip-address="$head_ip" --port="$port" "${{ray_args[@]}}" &
 ray_steps=($!)
