@@ -7,14 +7,17 @@ code 2 and one line naming the field and what is allowed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections import Counter
 from typing import Any
 
+from analysis.refine import RefineSettings
 from sweeps import driver
 from sweeps.presets import PRESETS, preset_values
 from sweeps.progress import job_label
+from sweeps.refine import Refiner
 from sweeps.resources import AUTO, job_gpus
 from sweeps.spec import SweepSpec, parse_assignment
 from workers.errors import ConfigError, StorageError
@@ -86,6 +89,16 @@ def build_parser(study: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--pack", default=AUTO, metavar="auto|off|N",
                         help="train same-shaped models as one fused network: 'auto' where it pays on the "
                         "training device, 'off', or packs of up to N (default: auto; see workers/packing)")
+    parser.add_argument("--refine", nargs="?", const="", metavar="budget=F,stride=N",
+                        help="adaptive phase diagram: train every stride-th value of the two diagram axes "
+                        "(both ends), then, round after round, the cells whose trained neighbours disagree, "
+                        "until none is left or a share F of the grid's models is spent; the report infers "
+                        "the other cells (default: budget=0.5,stride=2; x=AXIS,y=AXIS pick the diagram's axes; "
+                        "see analysis/refine.py)")
+    parser.add_argument("--thresholds", choices=("paper", "auto"),
+                        help="phase thresholds of the report and of --refine: paper (calibrated on Yang et al. "
+                        "2021) or auto (split at this sweep's own metrics) (default: paper for --preset paper, "
+                        "else auto)")
     return parser
 
 
@@ -164,19 +177,29 @@ def main(study: str, description: str, argv: list[str] | None = None) -> int:
         options.pack_policy()  # a bad --pack fails here, before anything runs
         spec = spec_from_args(study, args)
         trials = spec.trials()
+        thresholds = args.thresholds or ("paper" if spec.preset == "paper" else "auto")
+        refiner = None if args.refine is None else Refiner(spec, trials, RefineSettings.parse(args.refine), thresholds)
+        if refiner:
+            spec = dataclasses.replace(spec, refine=refiner.spec_entry())
         if args.dry_run or args.estimate:
             print_dry_run(spec, options, trials)
+            if refiner:
+                print(refiner.describe())
             if args.estimate:
                 print_estimate(trials, options)
             return 0
         check_storage_writable(spec.storage)
-        summary = driver.run(spec, trials, options)
+        if refiner:
+            print(refiner.describe())
+        summary = driver.run(spec, trials, options, grow=refiner.grow if refiner else None)
     except (ConfigError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"done: {summary.ran} trained or measured, {summary.skipped} skipped, "
           f"{summary.failed} failed, {summary.seconds:.1f}s")
-    print_report(study, summary.path, thresholds="paper" if spec.preset == "paper" else "auto")
+    if refiner:
+        print(refiner.outcome())
+    print_report(study, summary.path, thresholds=thresholds)
     return driver.exit_code(summary)
 
 

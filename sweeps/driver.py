@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sweeps.pairs import PairPlan, plan_pairs
-from sweeps.searcher import Job, SweepSearcher
+from sweeps.searcher import Extend, Job, SweepSearcher
 from sweeps.spec import SweepSpec
 from workers.config import TrialConfig
 from workers.errors import ConfigError
@@ -29,6 +29,8 @@ from workers.tables import compact_after_run, held_records
 from workers.trial import RunContext, missing_metrics
 
 Log = Callable[[str], None]
+# A refined sweep's further models, given those planned so far (sweeps.refine.Refiner.grow).
+Grow = Callable[[list[TrialConfig]], list[TrialConfig]]
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,15 @@ class RunSummary:
 
 
 def run(
-    spec: SweepSpec, configs: list[TrialConfig], options: RunOptions, log: Log | None = None
+    spec: SweepSpec, configs: list[TrialConfig], options: RunOptions, log: Log | None = None,
+    grow: Grow | None = None,
 ) -> RunSummary:
     """Train and measure every missing model and pair of `configs` (the expanded `spec`).
 
     `log` receives one line per event; None prints. (Tune pickles the progress callback,
     so it holds None rather than the builtin `print`, which pickles badly under capture.)
+    `grow`, for a refined sweep, picks the models to run instead: those the records call
+    for at the start, then more whenever the queue runs dry, until it has none.
     """
     start = time.perf_counter()
     say = log or print
@@ -115,6 +120,7 @@ def run(
         for table in RECORD_TABLES:
             for relpath in storage.quarantine_unreadable(table, trusted=held_records(storage, table)):
                 say(f"warning: {relpath} was unreadable; moved to _quarantine/, will be recomputed")
+        configs = configs if grow is None else grow([])
         todo, trained = pending_trials(configs, storage)
         pairs = pending_pairs(configs, storage)
         packs = plan_jobs_to_train(todo, trained, options.pack_policy())
@@ -128,19 +134,48 @@ def run(
                              threads=max(1, int(options.cpus_per_trial)))
         axes = list(spec.axes())
         jobs = plan_jobs(packs, pairs, context)
+        growth = _Growth(grow, configs, storage, options.pack_policy(), context) if grow else None
         if not jobs:
             failed = 0
         elif options.in_process:
-            failed = _run_in_process(jobs, axes, log)
+            failed = sum(_run_in_process(batch, axes, log) for batch in _batches(jobs, growth))
         else:
-            failed_jobs = _run_with_tune(jobs, configs, todo, context, options, storage, axes, log)
+            failed_jobs = _run_with_tune(jobs, configs, todo, context, options, storage, axes, log, growth)
             # what is still unrecorded, counted in models and pairs (a pack's job owes several)
-            failed = len(pending_trials(todo, storage)[0]) + len(pending_pairs(configs, storage)) if failed_jobs else 0
+            owed = growth.configs if growth else configs
+            failed = len(pending_trials(owed, storage)[0]) + len(pending_pairs(owed, storage)) if failed_jobs else 0
         for line in compact_after_run(storage):  # one file per table for readers (workers.tables)
             say(line)
-    ran = len(todo) + len(pairs)
-    return RunSummary(storage.uri, len(configs), len(configs) - len(todo), ran - failed, failed,
+    ran = len(todo) + len(pairs) + (growth.added if growth else 0)
+    total = len(growth.configs) if growth else len(configs)
+    return RunSummary(storage.uri, total, len(configs) - len(todo), ran - failed, failed,
                       time.perf_counter() - start)
+
+
+class _Growth:
+    """A refined sweep's further jobs, from `grow`; it keeps what it planned for the summary."""
+
+    def __init__(self, grow: Grow, configs: list[TrialConfig], storage: Storage, policy: PackPolicy,
+                 context: RunContext) -> None:
+        self.grow, self.storage, self.policy, self.context = grow, storage, policy, context
+        self.configs = list(configs)  # every model planned so far
+        self.added = 0  # models and pairs added to run
+
+    def __call__(self) -> tuple[list[Job], set[str]]:
+        """Jobs of the models `grow` adds, and the keys of the models already trained."""
+        new = self.grow(self.configs)
+        self.configs += new
+        todo, trained = pending_trials(new, self.storage)
+        pairs = pending_pairs(new, self.storage)
+        self.added += len(todo) + len(pairs)
+        return plan_jobs(plan_jobs_to_train(todo, trained, self.policy), pairs, self.context), trained
+
+
+def _batches(jobs: list[Job], growth: _Growth | None) -> Iterator[list[Job]]:
+    """The jobs, then each batch a refined sweep adds once they are done, until none."""
+    while jobs:
+        yield jobs
+        jobs = growth()[0] if growth else []
 
 
 @contextlib.contextmanager
@@ -227,16 +262,23 @@ def _run_in_process(jobs: list[Job], axes: list[str], log: Log | None) -> int:
 
 def _run_with_tune(
     jobs: list[Job], configs: list[TrialConfig], todo: list[TrialConfig], context: RunContext,
-    options: RunOptions, storage: Storage, axes: list[str], log: Log | None,
+    options: RunOptions, storage: Storage, axes: list[str], log: Log | None, growth: _Growth | None = None,
 ) -> int:
     """Fan the sweep's jobs out through Tune; returns the number that failed after retries."""
     from sweeps.progress import OneLinePerTrial, job_size
 
     pending = {c.trial_key for c in todo}
     tune_dir = storage.path("_tune") if storage.is_local else os.path.expanduser("~/ray_results")
+    progress = OneLinePerTrial(sum(job_size(j.config) for j in jobs), axes, log)
+
+    def extend() -> tuple[list[Job], set[str]]:  # more jobs, counted in the progress lines
+        more, trained = growth()
+        progress.total += sum(job_size(j.config) for j in more)
+        return more, trained
+
     return run_jobs(jobs, finished={c.trial_key for c in configs if c.trial_key not in pending},
-                    options=options, tune_dir=tune_dir, name=context.sweep,
-                    callbacks=[OneLinePerTrial(sum(job_size(j.config) for j in jobs), axes, log)])
+                    options=options, tune_dir=tune_dir, name=context.sweep, callbacks=[progress],
+                    extend=extend if growth else None)
 
 
 # Jobs per Tune experiment. Tune's controller keeps every trial of an experiment in
@@ -294,11 +336,12 @@ def _env_default(name: str, value: str) -> Iterator[None]:
 
 def run_jobs(
     jobs: list[Job], *, finished: set[str], options: RunOptions, tune_dir: str, name: str,
-    callbacks: list | None = None, trainable=None, shard_size: int = SHARD_SIZE,
+    callbacks: list | None = None, trainable=None, shard_size: int = SHARD_SIZE, extend: Extend | None = None,
 ) -> int:
     """Run jobs through Tune with the project's settings (actor reuse, retries, pair-aware
     searcher, per-job GPU share, experiments of at most about `shard_size` jobs); returns
-    the number that failed. `trainable` defaults to the real trial function."""
+    the number that failed. `trainable` defaults to the real trial function. With `extend`
+    (a refined sweep, whose jobs grow as it runs) all jobs run in one experiment."""
     import ray
     from ray import tune
 
@@ -313,7 +356,7 @@ def run_jobs(
     cpus, gpus = options.cpus_per_trial, options.gpus_per_trial
     function = tune.with_resources(trainable or tune_job,
                                    lambda config: {"cpu": cpus, "gpu": job_gpus(config, gpus)})
-    shards = shard_jobs(jobs, shard_size)
+    shards = [jobs] if extend else shard_jobs(jobs, shard_size)
     stamp = int(time.time())
     failed = 0
     with (_env_default(PENDING_ENV, str(options.max_concurrent or MAX_PENDING_TRIALS)),
@@ -322,8 +365,8 @@ def run_jobs(
             tuner = tune.Tuner(
                 function,
                 tune_config=tune.TuneConfig(
-                    search_alg=SweepSearcher(shard, finished),
-                    num_samples=len(shard),
+                    search_alg=SweepSearcher(shard, finished, extend),
+                    num_samples=-1 if extend else len(shard),  # -1: until the searcher is finished
                     max_concurrent_trials=options.max_concurrent or None,
                     reuse_actors=True,
                     trial_dirname_creator=lambda trial: trial.trial_id,

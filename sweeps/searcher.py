@@ -3,11 +3,18 @@
 A pair (two seeds of one grid cell) needs both trained models. Rather than waiting for
 the whole training stage, the searcher offers a pair the moment its second model
 finishes, ahead of any further training, so global metrics stream in with the sweep.
+
+A refined sweep (`--refine`) does not know all its jobs up front: when the queue runs
+dry and a job has finished since it last asked, the searcher asks `extend` for more (the
+cells the records now call for, `sweeps.refine`), so the next round's cells start while
+this round's last ones still train. It finishes when nothing runs and `extend` has
+nothing more.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,16 +36,30 @@ class Job:
         return () if self.needs else (self.trains or (self.key,))
 
 
-class SweepSearcher(Searcher):
-    """Suggests ready pairs first, then training trials; finishes when both run out."""
+# More jobs for a refined sweep, and the trial keys of models they need that exist already.
+Extend = Callable[[], tuple[list[Job], set[str]]]
 
-    def __init__(self, jobs: list[Job], finished: set[str]) -> None:
+
+class SweepSearcher(Searcher):
+    """Suggests ready pairs first, then training trials; finishes when both run out
+    (and, with `extend`, when it has nothing more either)."""
+
+    def __init__(self, jobs: list[Job], finished: set[str], extend: Extend | None = None) -> None:
         super().__init__(metric=None, mode=None)
-        self._finished = set(finished)  # trial keys whose models exist (any status)
-        self._waiting = [j for j in jobs if j.needs]
-        self._train = deque(j for j in jobs if not j.needs)
+        self._finished: set[str] = set()  # trial keys whose models exist (any status)
+        self._waiting: list[Job] = []
+        self._train: deque[Job] = deque()
         self._ready: deque[Job] = deque()
         self._running: dict[str, Job] = {}
+        self._extend = extend
+        self._news = False  # a job finished since `extend` was last asked
+        self.add(jobs, finished)
+
+    def add(self, jobs: list[Job], finished: set[str]) -> None:
+        """Queue more jobs; `finished`: trial keys of models that exist already."""
+        self._finished.update(finished)
+        self._waiting += [j for j in jobs if j.needs]
+        self._train.extend(j for j in jobs if not j.needs)
         self._release()
 
     def _release(self) -> None:
@@ -48,6 +69,9 @@ class SweepSearcher(Searcher):
         self._waiting = still
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if not (self._ready or self._train) and self._extend is not None and self._news:
+            self._news = False
+            self.add(*self._extend())
         queue = self._ready or self._train
         if queue:
             job = queue.popleft()
@@ -59,6 +83,7 @@ class SweepSearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         job = self._running.pop(trial_id, None)
+        self._news = True
         if job is not None and job.trained and not error:
             self._finished.update(job.trained)
             self._release()

@@ -72,6 +72,7 @@ class SweepSpec:
     name: str
     storage: str
     values: dict[str, Any]  # key -> value or list of values, preset merged with overrides
+    refine: dict[str, Any] | None = None  # a refined sweep's settings (sweeps.refine): its cells are a subset
 
     def grid(self) -> dict[str, tuple[Any, ...]]:
         """Every key with its resolved values, axes (more than one value) first."""
@@ -102,4 +103,5 @@ class SweepSpec:
             "name": self.name,
             "storage": self.storage,
             "values": {k: list(v) for k, v in self.grid().items()},
+            **({"refine": self.refine} if self.refine else {}),
         }
