@@ -104,6 +104,7 @@ ray_args=(--num-cpus="$cpus" --num-gpus={request.gpus_per_node} --include-dashbo
     --metrics-export-port=$((port + 6)) --runtime-env-agent-port=$((port + 7))
     --min-worker-port=$((port + 100)) --max-worker-port=$((port + 999)))
 echo "job $SLURM_JOB_ID: Ray at $address on ${{#nodes[@]}} node(s): ${{nodes[*]}}"
+echo "job $SLURM_JOB_ID: ${{sweep[*]}} --address $address"
 """
 
 
@@ -141,9 +142,13 @@ sweep_pid=$!
 
 def _explicit() -> str:
     return f"""
-# The head's Ray first, then one Ray per other node; each `ray start --block` step stops
-# its node's Ray when the step is ended (at once: with the sweep over there is nothing to drain).
+# The head's Ray first, then one Ray per other node. Each `ray start --block` stops its node's
+# Ray on SIGTERM, at once (with the sweep over there is nothing to drain).
 export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0
+stop_ray() {{  # SIGTERM to the tasks of every step but this script's (srun itself would kill them)
+    scancel --signal=TERM "$SLURM_JOB_ID"
+    wait "${{ray_steps[@]}}"
+}}
 srun --nodes=1 "${{step[@]}}" -w "${{nodes[0]}}" \\
     ray start --head --block --node-ip-address="$head_ip" --port="$port" "${{ray_args[@]}}" &
 ray_steps=($!)
@@ -153,7 +158,7 @@ for (( waited = 0; waited < {HEAD_WAIT_S}; waited += 2 )); do
 done
 if ! ray health-check --address "$address" 2>/dev/null; then
     echo "job $SLURM_JOB_ID: Ray did not start on ${{nodes[0]}} within {HEAD_WAIT_S} s" >&2
-    kill -TERM "${{ray_steps[@]}}"
+    stop_ray
     exit 1
 fi
 for node in "${{nodes[@]:1}}"; do
@@ -172,8 +177,7 @@ rm -f "$SWEEP_STATUS_FILE"
 """
     else:
         status = """wait "$sweep_pid"; rc=$?
-kill -TERM "${ray_steps[@]}" 2>/dev/null  # srun passes it on: each step stops its node's Ray
-wait "${ray_steps[@]}"
+stop_ray
 """
     cancel_next = """if [ "$rc" -eq 0 ] && [ -n "$next_job" ]; then
     scancel "$next_job" && echo "job $SLURM_JOB_ID: the sweep is complete, cancelled job $next_job"
