@@ -24,7 +24,16 @@ import pyarrow as pa
 
 from analysis.load import Sweep, load_sweep
 from analysis.phases import cell_metrics, classify, resolve_thresholds
-from analysis.refine import Cell, Grid, RefineSettings, cell_of, check_budget, classify_cells, plan
+from analysis.refine import (
+    Cell,
+    Grid,
+    RefineSettings,
+    cell_of,
+    check_budget,
+    classify_cells,
+    plan,
+    with_inferred,
+)
 from workers.errors import ConfigError
 from workers.storage import Storage
 
@@ -88,6 +97,15 @@ def replay(source: str, out: str, settings: RefineSettings, thresholds: str = "p
         rounds.append(len(wanted))
     models = sum(len(trials[c]) for c in answered if c in trials)
     return Replay(storage.uri, grid, rounds, models, len(full.trials))
+
+
+def refined_phases(result: Replay, thresholds: str = "paper", overrides: dict[str, str] | None = None) -> pd.DataFrame:
+    """The replayed diagram as its report draws it (without drawing): the trained cells
+    classified, the others inferred from them."""
+    sweep = load_sweep(result.path)
+    trained = {cell_of(row, result.grid) for _, row in sweep.trials[[result.grid.x, result.grid.y]].iterrows()}
+    classified, used = classify_cells(sweep, result.grid, trained, thresholds, overrides)
+    return with_inferred(result.grid, classified, used)
 
 
 def full_grid_phases(sweep: Sweep, grid: Grid, thresholds: str = "paper",

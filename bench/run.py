@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ("throughput", "packing", "metric_cost", "hessian", "orchestration", "scale")
+BENCHES = ("throughput", "packing", "metric_cost", "hessian", "orchestration", "scale", "refine")
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:
