@@ -57,15 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
         usage="python -m sweeps.slurm submit [options] -- python sweeps/<study>.py [sweep options]",
         description="Write an sbatch script that starts Ray on every node of the allocation, runs the sweep "
         "command against it and stops Ray; queue it and print how to follow it.", epilog=__doc__)
-    submit.add_argument("--nodes", type=_count(1), default=1, help="nodes of the allocation (default: 1)")
-    submit.add_argument("--gpus-per-node", type=_count(0), default=0, help="GPUs of each node given to Ray (default: 0)")
-    submit.add_argument("--cpus-per-node", type=_count(0), default=0,
+    submit.add_argument("--nodes", type=_count(1), default=1, metavar="N", help="nodes of the allocation (default: 1)")
+    submit.add_argument("--gpus-per-node", type=_count(0), default=0, metavar="G", help="GPUs of each node given to Ray (default: 0)")
+    submit.add_argument("--cpus-per-node", type=_count(0), default=0, metavar="C",
                         help="CPUs of each node given to Ray (default: whole nodes, --exclusive)")
-    submit.add_argument("--time", help="time limit, Slurm's format, e.g. 12:00:00 or 2-00:00:00 "
+    submit.add_argument("--time", metavar="HH:MM:SS", help="time limit, Slurm's format, e.g. 12:00:00 or 2-00:00:00 "
                         "(default: the partition's)")
-    submit.add_argument("--partition", help="partition (checked against sinfo)")
-    submit.add_argument("--account", help="account to charge")
-    submit.add_argument("--sbatch-arg", action="append", default=[], metavar="=OPTION",
+    submit.add_argument("--partition", metavar="P", help="partition (checked against sinfo)")
+    submit.add_argument("--account", metavar="A", help="account to charge")
+    submit.add_argument("--sbatch-arg", action="append", default=[], metavar="OPTION",
                         help="another sbatch option, written as --sbatch-arg=--mem=64G; repeatable")
     submit.add_argument("--setup", action="append", default=[], metavar="LINE",
                         help="a shell line the job runs first, e.g. --setup 'module load cuda/12.1'; repeatable")
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(ray start --head/--address --block steps, for shared nodes; default: symmetric)")
     submit.add_argument("--resubmit", action="store_true",
                         help="queue the job again shortly before its time limit, until the grid is complete")
-    submit.add_argument("--max-resubmits", type=_count(1), default=10, help="at most this many follow-up jobs "
+    submit.add_argument("--max-resubmits", type=_count(1), default=10, metavar="N", help="at most this many follow-up jobs "
                         "(default: 10)")
     submit.add_argument("--allow-local-storage", action="store_true",
                         help="accept a --storage local to this machine (/tmp, ...): only when it is the "
@@ -140,7 +140,7 @@ def _report(job: str, request: JobRequest, command: SweepCommand, place: ScriptP
     resubmit = f", queued again before it up to {request.max_resubmits} times" if request.resubmit else ""
     lines = [*command.headline, f"storage: {command.folder} ({where})", f"script: {place.script}",
              f"submitted job {job}: {request.nodes} node(s) with {cpus} and {request.gpus_per_node} GPUs each, "
-             f"Ray by {request.launcher}, time limit {request.time or 'of the partition'}{resubmit}",
+             f"Ray by {request.launcher}, time limit {request.time or 'the partition default'}{resubmit}",
              "follow it:", f"  squeue -j {job}", f"  tail -f {place.output.replace('%j', job)}",
              f"  python -m analysis status {command.folder}",
              f"stop it with `scancel {job}`; submitting the same command again continues the sweep "

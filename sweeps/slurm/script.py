@@ -95,7 +95,8 @@ nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
 cpus={cpus}
 # One task per node holding the node's CPUs and GPUs: Ray sees what Slurm allocated.
 step=(--ntasks-per-node=1 --cpus-per-task="$cpus"{gpus})
-head_ip=$(srun --nodes=1 --ntasks=1 -w "${{nodes[0]}}" hostname --ip-address | awk '{{print $1}}')
+head_ip=$(srun --nodes=1 --ntasks=1 -w "${{nodes[0]}}" hostname --ip-address |
+    tr ' ' '\\n' | grep -m 1 -E '^[0-9.]+$')  # its first IPv4 address
 port=$(( 10000 + SLURM_JOB_ID % {PORT_BLOCKS} * 1000 ))
 address=$head_ip:$port
 ray_args=(--num-cpus="$cpus" --num-gpus={request.gpus_per_node} --include-dashboard=false --disable-usage-stats
