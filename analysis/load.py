@@ -21,18 +21,24 @@ from typing import Any
 
 import pandas as pd
 
+from workers.records import (
+    CURVES,
+    FAILURES,
+    HISTORY,
+    IDENTITY_COLUMNS,
+    LONG_TABLES,
+    MEASURES,
+    PACKING_COLUMNS,
+    PAIRS,
+    PROVENANCE_COLUMNS,
+    TABLES,
+    TRIALS,
+)
 from workers.storage import Storage
-from workers.tables import TABLES, TableRead, read_table
+from workers.tables import TableRead, read_table
 
 # Columns that identify a row or describe provenance rather than configuration.
-NOT_CONFIG = {
-    "sweep", "trial_key", "cell_key", "status", "error", "metric", "settings", "host", "node_id", "pid", "device",
-    "python_version", "torch_version", "numpy_version", "pyarrow_version", "code_version",
-    "schema_version", "written_at", "pack_size", "pack_id", "unpacked_reason",
-}
-
-
-LONG_TABLES = ("history", "curves")  # read on first use (module docstring)
+NOT_CONFIG = {*IDENTITY_COLUMNS, *PROVENANCE_COLUMNS, *PACKING_COLUMNS}
 
 
 @dataclass
@@ -53,11 +59,11 @@ class Sweep:
 
     @property
     def history(self) -> pd.DataFrame:
-        return self._long("history")
+        return self._long(HISTORY)
 
     @property
     def curves(self) -> pd.DataFrame:
-        return self._long("curves")
+        return self._long(CURVES)
 
     def _long(self, table: str) -> pd.DataFrame:
         if table not in self.long:
@@ -126,7 +132,7 @@ def load_sweep(path: str) -> Sweep:
         spec = json.loads(storage.read_bytes("spec.json"))
     reads = read_tables(storage, tuple(t for t in TABLES if t not in LONG_TABLES))
     frames = {table: read.data.to_pandas() for table, read in reads.items()}
-    trials = _join_measures(frames["trials"], frames["measures"])
-    sweep = Sweep(storage.uri, spec, trials, frames["pairs"], frames["measures"], frames["failures"])
+    trials = _join_measures(frames[TRIALS], frames[MEASURES])
+    sweep = Sweep(storage.uri, spec, trials, frames[PAIRS], frames[MEASURES], frames[FAILURES])
     _report(list(reads.values()), sweep)
     return sweep

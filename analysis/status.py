@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.load import Sweep
+from workers.records import MEASURES, PAIRS, TRIALS
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,12 @@ def expected_counts(spec: dict) -> dict[str, int | None]:
     """Models, metric records and seed pairs the grid of `spec.json` calls for."""
     values = spec.get("values")
     if not values:
-        return {"trials": None, "measures": None, "pairs": None}
+        return {TRIALS: None, MEASURES: None, PAIRS: None}
     models = math.prod(len(v) for v in values.values())
     metrics = len(values.get("metrics", [[]])[0])
     seeds = len(values.get("seed", [0]))
     pairs = models // seeds * math.comb(seeds, 2) if values.get("measure_pairs", [False])[0] else 0
-    return {"trials": models, "measures": models * metrics, "pairs": pairs}
+    return {TRIALS: models, MEASURES: models * metrics, PAIRS: pairs}
 
 
 def failed_jobs(sweep: Sweep) -> pd.DataFrame:
@@ -56,10 +57,10 @@ def table_status(sweep: Sweep) -> list[TableStatus]:
     statuses = sweep.trials["status"] if "status" in sweep.trials else pd.Series(dtype=str)
     n_measures = len(sweep.measures)
     return [
-        TableStatus("trials", expected["trials"], int((statuses == "ok").sum()),
+        TableStatus(TRIALS, expected[TRIALS], int((statuses == "ok").sum()),
                     int((statuses == "diverged").sum()), n_failed.get("train", 0)),
-        TableStatus("measures", expected["measures"], n_measures, 0, 0),
-        TableStatus("pairs", expected["pairs"], len(sweep.pairs), 0, n_failed.get("pair", 0)),
+        TableStatus(MEASURES, expected[MEASURES], n_measures, 0, 0),
+        TableStatus(PAIRS, expected[PAIRS], len(sweep.pairs), 0, n_failed.get("pair", 0)),
     ]
 
 

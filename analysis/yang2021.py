@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from workers import safe_pickle
 from workers.mc import curve_summary
+from workers.records import CURVES, PAIRS, TRIALS
 from workers.storage import Storage
 
 SWEEP = "yang2021"
@@ -147,7 +148,7 @@ def cell_tables(cell: Cell) -> dict[str, list[dict[str, Any]]]:
     for pair in (p for p in pairs if p["with_mc"]):
         identity = {k: v for k, v in pair.items() if k in base or k in ("pair_key", "seed_a", "seed_b")}
         curve_rows = [{**identity, "kind": "bezier", "group": "", **point} for point in curve]
-    return {"trials": trials, "pairs": pairs, "curves": curve_rows}
+    return {TRIALS: trials, PAIRS: pairs, CURVES: curve_rows}
 
 
 def _curve(cell: Cell) -> list[dict[str, Any]] | None:
@@ -200,15 +201,15 @@ def import_archive(archive: str, out: str) -> dict[str, int]:
     seeds: set[int] = set()
     for cell in cells:
         tables = cell_tables(cell)
-        key = tables["trials"][0]["cell_key"]
+        key = tables[TRIALS][0]["cell_key"]
         for table, rows in tables.items():
             if rows:
                 storage.write_table(table, key, pa.Table.from_pylist(rows))
-        seeds.update(r["seed"] for r in tables["trials"])
+        seeds.update(r["seed"] for r in tables[TRIALS])
         counts["cells"] += 1
-        counts["models"] += len(tables["trials"])
-        counts["pairs"] += len(tables["pairs"])
-        counts["curve_points"] += len(tables["curves"])
+        counts["models"] += len(tables[TRIALS])
+        counts["pairs"] += len(tables[PAIRS])
+        counts["curve_points"] += len(tables[CURVES])
     values = {"width": sorted({c.width for c in cells}), "batch_size": sorted({c.batch_size for c in cells}),
               "seed": sorted(seeds)}
     spec = {"study": "taxonomy", "preset": SWEEP, "name": SWEEP, "values": values,

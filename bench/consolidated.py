@@ -54,9 +54,8 @@ def write_records(spec) -> int:
     """Write the record files of every model and pair of `spec`; returns the file count.
     Each table is built once with `to_table` and written one record (slice) per file."""
     from sweeps.pairs import plan_pairs
-    from workers.records import config_columns, provenance, to_table
+    from workers.records import config_columns, measure_key, provenance, to_table
     from workers.storage import Storage
-    from workers.trial import measure_key
 
     rng = np.random.default_rng(0)
     storage = Storage.open(spec.storage).child(spec.name)

@@ -59,11 +59,11 @@ from torch.nn import functional as F
 
 from bench.hessian import ours, reference_top
 from bench.packing import Packed, Solo, cell_configs
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.data import Splits
 from workers.fast_path import FastPath
 from workers.models import build_model
-from workers.trial import new_model, seed_everything
+from workers.runtime import new_model, seed_everything
 
 FALLBACK_DEVICE = "cpu (fallback, no CUDA)"
 PARTS = ("packing", "throughput", "hessian")  # the JSON's order; they run packing, hessian, throughput

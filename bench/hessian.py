@@ -53,11 +53,12 @@ def demo_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """Train the demo preset's width-16 model through the real trial code."""
     from sweeps.presets import preset_values
     from workers import checkpoints
-    from workers.config import TrialConfig
+    from workers.catalog import TrialConfig
     from workers.data import prepare
     from workers.metrics.common import fixed_subset
+    from workers.runtime import RunContext, new_model
     from workers.storage import Storage
-    from workers.trial import RunContext, new_model, run_trial
+    from workers.trial import run_trial
 
     values = {k: v for k, v in preset_values("taxonomy", "demo").items() if "." not in k}  # no metric options
     cfg = TrialConfig.from_flat({**values, "width": 16, "batch_size": 128, "seed": 0, "metrics": []})

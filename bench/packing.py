@@ -35,15 +35,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.data import Splits
 from workers.fast_path import FastPath
 from workers.optim import lr_factor
 from workers.packing.modules import member_state, pack
 from workers.packing.optim import build_packed_optimizer
 from workers.packing.train import PackedUpdate, fit_packed, pack_fast_path
+from workers.runtime import new_model, seed_everything
 from workers.train import fit
-from workers.trial import new_model, seed_everything, training_hooks
+from workers.trial import training_hooks
 
 WIDTHS, BATCH_SIZES, SEEDS = (2, 4, 8, 16), (32, 128), tuple(range(5))
 HEADLINE = ((2, 32), (4, 32))  # (width, batch) cells of the headline figure
@@ -63,7 +64,7 @@ class Solo:
 
     def train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
         """Epoch `epoch` (0-based) on (x, y)."""
-        fit(self.model, self.hooks[0], self.fast.inputs(x), y, hooks=self.hooks, batch_size=self.cfg.train.batch_size,
+        fit(self.model, self.hooks.update, self.fast.inputs(x), y, hooks=self.hooks, batch_size=self.cfg.train.batch_size,
             seed=self.cfg.train.seed, epochs=epoch + 1, start_epoch=epoch)
 
     def finish(self) -> nn.Module:

@@ -53,7 +53,7 @@ def grid_jobs(n_trials: int) -> list:
     """`n_trials` training jobs with real, validated configs and the driver's job shape."""
     from sweeps.searcher import Job
     from sweeps.spec import SweepSpec
-    from workers.trial import RunContext
+    from workers.runtime import RunContext
 
     seeds = 5
     lrs = [0.05, 0.1]

@@ -25,8 +25,7 @@ TARGET = 0.95
 
 
 def _setup(width: int):
-    from workers.config import DataConfig
-    from workers.data import prepare
+    from workers.data import DataConfig, prepare
     from workers.models import build_model
 
     splits = prepare(DataConfig(dataset="digits"))

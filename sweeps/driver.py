@@ -21,12 +21,13 @@ from pathlib import Path
 from sweeps.pairs import PairPlan, plan_pairs
 from sweeps.searcher import Extend, Job, SweepSearcher
 from sweeps.spec import SweepSpec
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.errors import ConfigError
 from workers.packing.plan import PackPlan, PackPolicy, plan_packs
+from workers.records import DONE_TABLES, MEASURES, PAIRS, TRIALS, pending
+from workers.runtime import RunContext
 from workers.storage import Storage
 from workers.tables import compact_after_run, held_records
-from workers.trial import RunContext, missing_metrics
 
 Log = Callable[[str], None]
 # A refined sweep's further models, given those planned so far (sweeps.refine.Refiner.grow).
@@ -74,16 +75,12 @@ def code_version() -> str:
 def pending_trials(configs: list[TrialConfig], storage: Storage) -> tuple[list[TrialConfig], set[str]]:
     """Configs whose model or any of whose metrics has no record yet, and the keys of
     the trained models (two listings)."""
-    trained = set(storage.list_names("trials", ".parquet"))
-    measured = set(storage.list_names("measures", ".parquet"))
-    return [c for c in configs if c.trial_key not in trained or missing_metrics(c, measured)], trained
-
-
-RECORD_TABLES = ("trials", "measures", "pairs")
+    trained = set(storage.list_names(TRIALS, ".parquet"))
+    return pending(configs, trained, set(storage.list_names(MEASURES, ".parquet"))), trained
 
 
 def pending_pairs(configs: list[TrialConfig], storage: Storage) -> list[PairPlan]:
-    done = set(storage.list_names("pairs", ".parquet"))
+    done = set(storage.list_names(PAIRS, ".parquet"))
     return [p for p in plan_pairs(configs) if p.key not in done]
 
 
@@ -117,7 +114,7 @@ def run(
     say = log or print
     storage = Storage.open(spec.storage).child(spec.name)
     with sweep_lock(storage):
-        for table in RECORD_TABLES:
+        for table in DONE_TABLES:
             for relpath in storage.quarantine_unreadable(table, trusted=held_records(storage, table)):
                 say(f"warning: {relpath} was unreadable; moved to _quarantine/, will be recomputed")
         configs = configs if grow is None else grow([])

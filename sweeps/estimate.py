@@ -41,7 +41,7 @@ from torch import nn
 
 from sweeps.pairs import PairPlan, plan_pairs
 from workers.augment import Augment
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.data import DATASETS, Splits
 from workers.fast_path import FastPath
 from workers.metrics.common import parameter_groups
@@ -52,8 +52,9 @@ from workers.packing.optim import build_packed_optimizer
 from workers.packing.plan import PackPlan, PackPolicy, plan_packs
 from workers.packing.train import PackedUpdate, pack_fast_path, train_packed_epoch
 from workers.pairwise import fit_bend, trainable_weights
+from workers.runtime import new_model, seed_everything
 from workers.train import train_epoch
-from workers.trial import new_model, seed_everything, training_hooks
+from workers.trial import training_hooks
 
 TRAIN_PASSES = 3  # a training step: forward + input gradients + weight gradients, each ~ one forward
 HVP_PASSES = 2  # assumed: one Hessian-vector product ~ two training passes (double backward)
@@ -193,7 +194,7 @@ def _solo_runner(shape: Shape, device: str, steps: int) -> Callable[[int], objec
     model = new_model(cfg, splits, device)
     fast = FastPath.for_device(cfg.train, device)
     fast.model(model)
-    update = training_hooks(cfg, model, fast)[0]
+    update = training_hooks(cfg, model, fast).update
     x, augment = fast.inputs(splits.x_train), Augment.of(cfg.data)
     return lambda epoch: train_epoch(model, update, x, splits.y_train, shape.batch_size, cfg.train.seed,
                                      epoch, augment)

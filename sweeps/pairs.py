@@ -10,7 +10,8 @@ import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
+from workers.records import pair_key
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,6 @@ class PairPlan:
 
     @property
     def key(self) -> str:
-        from workers.pair_trial import pair_key
-
         return pair_key(self.a, self.b, self.with_mc)
 
 

@@ -13,7 +13,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from workers.config import TrialConfig, check_key, coerce, key_type
+from workers.catalog import TrialConfig
+from workers.config import check_key, coerce, key_type
 from workers.errors import ConfigError
 
 # Axes are shown and ordered like this; other keys that vary follow in spec order.

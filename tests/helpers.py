@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.data import Splits
 from workers.metrics import MetricContext
 

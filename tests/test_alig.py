@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from workers.alig import AliG
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.errors import ConfigError
-from workers.trial import RunContext, run_trial
+from workers.runtime import RunContext
+from workers.trial import run_trial
 
 
 def quadratic_steps(w0, steps: int, **options) -> tuple[list[list[float]], AliG]:

@@ -9,9 +9,10 @@ import torch
 from torch.nn import functional as F
 
 from workers.augment import NONE, Augment
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.errors import ConfigError
-from workers.trial import RunContext, run_trial
+from workers.runtime import RunContext
+from workers.trial import run_trial
 
 
 def batch(n: int = 200) -> torch.Tensor:

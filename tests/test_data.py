@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from workers.config import DataConfig
-from workers.data import DATASETS, _bundled_digits, load_dataset, noisy_labels, prepare, subset_indices
+from workers.data import (
+    DATASETS,
+    DataConfig,
+    _bundled_digits,
+    load_dataset,
+    noisy_labels,
+    prepare,
+    subset_indices,
+)
 
 
 def test_digits_split_sizes_match_the_registry():

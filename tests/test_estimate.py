@@ -20,7 +20,7 @@ from sweeps.estimate import (
     steps_per_trial,
 )
 from sweeps.spec import SweepSpec
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.packing.plan import PackPolicy, plan_packs
 
 TINY_GRID = {

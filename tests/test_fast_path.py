@@ -12,14 +12,15 @@ import torch
 from torch import nn
 
 from workers import checkpoints
-from workers.config import DataConfig, TrainConfig, TrialConfig
-from workers.data import prepare
+from workers.catalog import TrialConfig
+from workers.data import DataConfig, prepare
 from workers.errors import ConfigError
 from workers.fast_path import PLAIN, FastPath
 from workers.models import build_model
+from workers.runtime import RunContext
 from workers.storage import Storage
-from workers.train import Update, train_epoch
-from workers.trial import RunContext, run_trial
+from workers.train import TrainConfig, Update, train_epoch
+from workers.trial import run_trial
 
 
 def test_for_device_keeps_layout_and_compilation_to_cuda_and_precision_everywhere():

@@ -11,8 +11,8 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from tests.helpers import fit_full_batch, metric_context
-from workers.config import DataConfig, TrialConfig
-from workers.data import prepare
+from workers.catalog import TrialConfig
+from workers.data import DataConfig, prepare
 from workers.errors import ConfigError
 from workers.metrics.common import fixed_subset
 from workers.metrics.hessian import (

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from tests.helpers import fit_full_batch, metric_context
-from workers.config import DataConfig, TrialConfig
-from workers.data import Splits, prepare
+from workers.catalog import TrialConfig
+from workers.data import DataConfig, Splits, prepare
 from workers.errors import ConfigError
 from workers.metrics.common import EvalSets, fixed_subset, parameter_groups, state_keys
 from workers.metrics.interpolation import (
@@ -24,8 +24,9 @@ from workers.metrics.interpolation import (
     write_path_state,
 )
 from workers.models import build_model
+from workers.runtime import RunContext
 from workers.train import evaluate
-from workers.trial import RunContext, run_trial
+from workers.trial import run_trial
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from workers import checkpoints
-from workers.config import LatePhaseConfig, TrialConfig
+from workers.catalog import TrialConfig
 from workers.errors import ConfigError
 from workers.late_phase import (
     LatePhase,
+    LatePhaseConfig,
     Members,
     collapse,
     collapse_layer,
@@ -23,8 +24,9 @@ from workers.late_phase import (
     set_active,
 )
 from workers.models import build_model
+from workers.runtime import RunContext
 from workers.storage import Storage
-from workers.trial import RunContext, run_trial
+from workers.trial import run_trial
 
 
 class Toy(nn.Module):

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.data import prepare
 from workers.models import MODELS, build_model
 from workers.optim import lr_factor
@@ -22,8 +22,9 @@ from workers.packing.modules import member_state, pack, split_outputs, stack_inp
 from workers.packing.optim import build_packed_optimizer
 from workers.packing.plan import PackPolicy, plan_packs, signature
 from workers.packing.train import PackedUpdate, fit_packed
+from workers.runtime import new_model, seed_everything
 from workers.train import fit
-from workers.trial import new_model, seed_everything, training_hooks
+from workers.trial import training_hooks
 
 # 503 of digits' images in batches of 64: 7 steps per epoch, the lr schedule's step after the first.
 BASE = {"dataset": "digits", "model": "resnet18k", "width": 2, "batch_size": 64, "epochs": 2, "milestones": [1],
@@ -52,7 +53,7 @@ def solo_run(cfg: TrialConfig):
     model = new_model(cfg, splits, "cpu").double()
     hooks = training_hooks(cfg, model)
     history = []
-    fit(model, hooks[0], splits.x_train, splits.y_train, hooks=hooks, batch_size=cfg.train.batch_size,
+    fit(model, hooks.update, splits.x_train, splits.y_train, hooks=hooks, batch_size=cfg.train.batch_size,
         seed=cfg.train.seed, epochs=cfg.train.epochs, augment=_augment(cfg), on_epoch=history.append)
     return model.state_dict(), history
 

@@ -10,12 +10,14 @@ from torch import nn
 
 from analysis import load_sweep
 from workers import pairwise
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.errors import ConfigError
 from workers.mc import mode_connectivity
-from workers.pair_trial import pair_key, run_pair
+from workers.pair_trial import run_pair
+from workers.records import pair_key
+from workers.runtime import RunContext
 from workers.train import recompute_bn
-from workers.trial import RunContext, run_trial
+from workers.trial import run_trial
 
 # ---------------------------------------------------------------- CKA
 

@@ -28,7 +28,7 @@ from sweeps.cli import main
 from sweeps.driver import RunOptions, run
 from sweeps.spec import SweepSpec, parse_assignment
 from workers import checkpoints
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.errors import ConfigError
 from workers.packing.plan import pack_id
 from workers.storage import Storage

@@ -7,7 +7,7 @@ import pytest
 from sweeps.cli import main
 from sweeps.presets import preset_values
 from sweeps.spec import SweepSpec, parse_assignment
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.errors import ConfigError
 
 
@@ -124,3 +124,20 @@ def test_config_error_is_a_value_error_with_the_field():
     with pytest.raises(ConfigError) as exc:
         TrialConfig.from_flat({"label_noise": 2})
     assert isinstance(exc.value, ValueError) and exc.value.field == "label_noise"
+
+
+@pytest.mark.parametrize("flat, message", [
+    ({"label_noise": float("nan")}, "label_noise: must be in [0, 1), got nan"),
+    ({"width": 0}, "width: must be a positive integer, got 0"),
+    ({"swa.start": -1}, "swa.start: must be >= 0 (0: off), got -1"),
+    ({"alig.max_lr": -1}, "alig.max_lr: must be > 0, got -1.0"),
+    ({"precision": "bf61"}, "precision: unknown precision 'bf61'; valid: fp32, bf16; did you mean 'bf16'?"),
+])
+def test_bounds_declared_on_fields_name_the_key_and_what_is_allowed(flat, message):
+    with pytest.raises(ConfigError) as info:
+        TrialConfig.from_flat(flat)
+    assert str(info.value) == message
+
+
+def test_an_unset_optional_bound_field_is_accepted():
+    assert TrialConfig.from_flat({"alig.max_lr": "none"}).alig.max_lr is None

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from tests.helpers import fit_full_batch, metric_context
-from workers.config import DataConfig, TrialConfig
-from workers.data import prepare
+from workers.catalog import TrialConfig
+from workers.data import DataConfig, prepare
 from workers.errors import ConfigError
 from workers.metrics.common import fixed_subset
 from workers.metrics.surface import SurfaceOptions, filter_normalised, measure

@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from workers import checkpoints
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.errors import ConfigError
+from workers.runtime import RunContext
 from workers.storage import Storage
 from workers.swa import Swa
-from workers.trial import RunContext, run_trial
+from workers.trial import run_trial
 
 
 def test_average_of_the_epoch_end_weights_from_the_start_epoch():

@@ -8,8 +8,9 @@ import pytest
 from analysis import load_sweep
 from analysis.__main__ import main as analysis_main
 from sweeps.cli import main
-from workers.config import TrialConfig
-from workers.trial import RunContext, run_trial
+from workers.catalog import TrialConfig
+from workers.runtime import RunContext
+from workers.trial import run_trial
 
 GRID = ["--set", "width=2,4", "--set", "seed=0,1", "--set", "epochs=2", "--set", "milestones=1",
         "--set", "batch_size=128", "--set", "metrics=", "--set", "measure_pairs=false"]

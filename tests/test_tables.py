@@ -21,7 +21,7 @@ import pytest
 from analysis import load_sweep
 from analysis.status import format_status
 from bench.s3server import uri
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.records import config_columns, to_table
 from workers.storage import Storage
 from workers.tables import MANIFEST_KEY, compact, compact_sweep, consolidated_path, held_records, read_table

@@ -8,9 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis import load_sweep
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
+from workers.runtime import RunContext
 from workers.storage import Storage
-from workers.trial import RunContext, run_trial
+from workers.trial import run_trial
 
 
 def ctx(path) -> RunContext:

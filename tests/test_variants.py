@@ -11,11 +11,12 @@ from torch import nn
 
 from analysis import load_sweep
 from sweeps.cli import main as sweep_main
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.errors import ConfigError
 from workers.models import NO_BATCHNORM, build_model, load_start, scale_weights
 from workers.optim import OPTIMIZERS, LrSchedule, build_optimizer, lr_factor
-from workers.trial import RunContext, run_trial
+from workers.runtime import RunContext
+from workers.trial import run_trial
 
 
 def ctx(path) -> RunContext:

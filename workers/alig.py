@@ -12,8 +12,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
+
+from workers.config import Section, option, section
+
+
+@section("alig", prefix="alig")
+@dataclass(frozen=True)
+class AligConfig(Section):
+    """ALI-G's options (optimizer=alig): the step size comes from the loss; lr,
+    weight_decay and the schedule do not apply; `momentum` is its mu (paper: 0.9)."""
+
+    max_lr: float | None = option(None, gt=0)  # cap on the step size; None: no cap
+    max_norm: float | None = option(None, gt=0)  # radius of the l2 ball the weights are kept in; None: none
+    delta: float = option(1e-5, ge=0)  # added to the squared gradient norm
 
 
 class AliG(torch.optim.Optimizer):

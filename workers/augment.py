@@ -13,11 +13,17 @@ have seen.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch.nn import functional as F
 
-from workers.config import DataConfig
+
+class AugmentSettings(Protocol):
+    """The fields of the `data` section (`workers.data.DataConfig`) read here."""
+
+    augment_crop: int
+    augment_flip: bool
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,7 @@ class Augment:
     flip: bool = False  # mirror each image left-right with probability 1/2
 
     @classmethod
-    def of(cls, data: DataConfig) -> Augment:
+    def of(cls, data: AugmentSettings) -> Augment:
         return cls(data.augment_crop, data.augment_flip)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

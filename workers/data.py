@@ -16,15 +16,44 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from workers import safe_pickle
-from workers.config import DataConfig
+from workers.config import Section, option, section
+from workers.errors import ConfigError
 from workers.registry import Registry
 
 DATASETS = Registry("dataset")
+
+
+@section("data")
+@dataclass(frozen=True)
+class DataConfig(Section):
+    unhashed: ClassVar[tuple[str, ...]] = ("data_root",)
+    keyed_when_set: ClassVar[tuple[str, ...]] = ("augment_crop", "augment_flip")
+
+    dataset: str = "digits"
+    data_root: str = "~/.cache/landscape-sweeps/data"
+    label_noise: float = option(0.0, ge=0, lt=1)  # fraction of training labels replaced by another class
+    data_fraction: float = option(1.0, gt=0, le=1)  # fraction of the training set used
+    data_seed: int = 0  # fixes subset and noisy labels; the same for every model seed
+    # Training-batch augmentation on the device (workers.augment); the taxonomy paper used none.
+    augment_crop: int = 0  # random crops of the image zero-padded by this many pixels; 0: off
+    augment_flip: bool = False  # random horizontal flips
+
+    def check(self) -> None:
+        DATASETS.check(self.dataset, "dataset")
+        side = min(DATASETS.meta(self.dataset)["shape"][1:])
+        if not 0 <= self.augment_crop < side:
+            raise ConfigError("augment_crop", f"must be in [0, {side}) for {self.dataset} "
+                                              f"({side}-pixel images), got {self.augment_crop!r}")
+
+    def n_train(self) -> int:
+        """Training-set size after the data_fraction subset."""
+        return max(1, round(self.data_fraction * DATASETS.meta(self.dataset)["n_train"]))
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,18 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from workers.config import TrainConfig
+
+class TrainingSettings(Protocol):
+    """The fields of the `train` section (`workers.train.TrainConfig`) read here."""
+
+    precision: str
+    channels_last: bool
+    torch_compile: bool
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,7 @@ class FastPath:
     compile: bool = False
 
     @classmethod
-    def for_device(cls, train: TrainConfig, device: str) -> FastPath:
+    def for_device(cls, train: TrainingSettings, device: str) -> FastPath:
         """The settings `train` asks for: precision on any device, layout and compilation
         only on a CUDA device."""
         device_type = torch.device(device).type

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,11 +26,40 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from workers.config import LatePhaseConfig
+from workers.config import Section, TrialConfig, option, section
+from workers.errors import ConfigError
 from workers.fast_path import PLAIN, FastPath
 from workers.train import LossFn, Update
 
 MakeOptimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+@section("late_phase", prefix="late_phase")
+@dataclass(frozen=True)
+class LatePhaseConfig(Section):
+    """From epoch t0, BatchNorm layers (and the head) get k members trained round-robin;
+    k = 0 is off."""
+
+    k: int = 0  # members per late-phase layer (paper: 10); 0: off
+    t0: int = option(0, ge=0)  # epochs of ordinary training before the members are created (paper: 120)
+    sigma0: float = option(0.0, ge=0)  # std of Gaussian noise added to each member's copied weights
+    gamma_theta: float = option(1.0, gt=0)  # scale of the shared weights' summed gradient per cycle
+    include_head: bool = True  # the classifier head gets members too (paper: yes)
+
+    def check(self) -> None:
+        if self.k != 0 and self.k < 2:
+            raise ConfigError("late_phase.k", f"needs at least 2 members (0: off), got {self.k!r}")
+
+    def check_with(self, config: TrialConfig) -> None:
+        if not self.k:
+            return
+        if self.t0 >= config.train.epochs:
+            raise ConfigError("late_phase.t0", f"{self.t0} leaves no late-phase epoch: must be below "
+                              f"epochs ({config.train.epochs})")
+        if not self.include_head and not config.model.has_batchnorm():
+            raise ConfigError("late_phase.include_head", f"model {config.model.model!r} (batchnorm="
+                              f"{config.model.batchnorm}) has no BatchNorm layer, so the head is the only "
+                              "late-phase layer: set late_phase.include_head=true")
 
 
 class Members(nn.Module):

@@ -15,15 +15,36 @@ checkpoint (a pretrained start).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from workers.config import Section, option, section
 from workers.errors import ConfigError
 from workers.registry import Registry
 
 MODELS = Registry("model")
+
+
+@section("model")
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    model: str = "resnet18k"
+    width: int = option(64, ge=1)  # k: channel widths (k, 2k, 4k, 8k)
+    batchnorm: bool = True  # False: BatchNorm -> Identity, convolutions get a bias
+    init_scale: float = option(1.0, gt=0)  # multiplies the starting weights of conv and linear layers
+    init_from: str = ""  # local checkpoint to start from (a pretrained start); "": random
+
+    def check(self) -> None:
+        MODELS.check(self.model, "model")
+        if self.init_from and not os.path.isfile(os.path.expanduser(self.init_from)):
+            raise ConfigError("init_from", f"no such checkpoint file: {self.init_from!r}")
+
+    def has_batchnorm(self) -> bool:
+        """Whether the built model has BatchNorm layers (late-phase weights need them)."""
+        return self.batchnorm and MODELS.meta(self.model).get("norm") == "batchnorm"
 
 # What a BatchNorm layer becomes with batchnorm=False; recorded with every trial.
 NO_BATCHNORM = "identity, conv bias"

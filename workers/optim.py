@@ -11,17 +11,66 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from workers.alig import AliG
-from workers.config import OptimConfig, TrialConfig
+from workers.config import Section, TrialConfig, option, section
+from workers.errors import ConfigError
 from workers.registry import Registry
 from workers.train import Hook
 
 OPTIMIZERS = Registry("optimizer")
 SCHEDULES = Registry("schedule")
+
+
+@section("optim")
+@dataclass(frozen=True)
+class OptimConfig(Section):
+    optimizer: str = "sgd"
+    lr: float = option(0.1, gt=0)
+    momentum: float = option(0.9, ge=0, lt=1)
+    weight_decay: float = option(5e-4, ge=0)
+    schedule: str = "step"
+    milestones: tuple[int, ...] = (75,)  # epochs at which the step schedule decays
+    lr_factor: float = option(0.1, gt=0)  # multiplier applied at each milestone
+    # linear_decay (late-phase paper): constant, then linear down to final_lr_factor * lr;
+    # fractions of the run, so the paper's 100 -> 180 of 200 epochs is 0.5 -> 0.9.
+    decay_start: float = 0.5
+    decay_end: float = 0.9
+    final_lr_factor: float = option(0.01, gt=0)
+    warmup_epochs: int = option(0, ge=0)  # lr ramps up linearly over these first epochs (0: no warm-up)
+
+    def check(self) -> None:
+        OPTIMIZERS.check(self.optimizer, "optimizer")
+        SCHEDULES.check(self.schedule, "schedule")
+        if self.schedule == "linear_decay" and not 0.0 <= self.decay_start < self.decay_end <= 1.0:
+            raise ConfigError("decay_end", f"need 0 <= decay_start < decay_end <= 1 (fractions of the run), "
+                              f"got {self.decay_start!r} and {self.decay_end!r}")
+
+    def check_with(self, config: TrialConfig) -> None:
+        epochs = config.train.epochs
+        if self.warmup_epochs >= epochs:
+            raise ConfigError("warmup_epochs", f"{self.warmup_epochs} leaves no epoch after the warm-up "
+                              f"(epochs={epochs})")
+        if self.schedule == "step":
+            for m in self.milestones:
+                if not 1 <= m <= epochs:
+                    raise ConfigError("milestones", f"{m} is outside 1..epochs ({epochs})")
+
+
+@section("adam", prefix="adam")
+@dataclass(frozen=True)
+class AdamConfig(Section):
+    """Adam and AdamW (optimizer=adam|adamw); their own lr, so one grid can hold SGD too.
+    weight_decay is shared: L2 in the gradient for adam, decoupled for adamw."""
+
+    lr: float = option(1e-3, gt=0)
+    beta1: float = option(0.9, ge=0, lt=1)
+    beta2: float = option(0.999, ge=0, lt=1)
+    eps: float = option(1e-8, gt=0)
 
 Params = Iterable[torch.nn.Parameter]
 

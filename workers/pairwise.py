@@ -1,7 +1,9 @@
 """Metrics of two models of the same grid cell: mode connectivity, CKA similarity, L2.
 
-Pure functions over models, weights and tensors; `workers.pair_trial` loads the models
-and writes the records. Conventions follow the taxonomy spec (Yang et al. 2021):
+Pure functions over models, weights and tensors; the pair metrics
+(`workers.pair_metrics.similarity`, `workers.pair_metrics.bezier`) call them, and
+`workers.pair_trial` loads the models and writes the records. Conventions follow the
+taxonomy spec (Yang et al. 2021):
 
 - Mode connectivity (Garipov et al. 2018): a quadratic Bezier curve
   theta(t) = (1-t)^2 w_a + 2t(1-t) c + t^2 w_b between the two trained weight vectors,

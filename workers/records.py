@@ -1,17 +1,30 @@
-"""Rows of the Parquet tables and the provenance every row carries.
+"""The record protocol: the tables, their record names (keys), the columns every row
+leads with, and what "done" means.
 
-Tables (one file per trial and table, see `workers.storage`):
-    trials/<trial_key>.parquet    one row per trained model
-    history/<trial_key>.parquet   one row per epoch
-    curves/<trial_key>.<metric>-<settings>.parquet, measures/... (per-model metrics)
+Tables (one file per record, see `workers.storage`; `workers.tables` consolidates them):
+    trials/<trial_key>.parquet                  one row per trained model (marks it done)
+    history/<trial_key>.parquet                 one row per epoch
+    measures/<measure_key>.parquet              one row per model and metric (marks it done)
+    curves/<measure_key>.parquet                the metric's curve points, if it has any
+    pairs/<pair_key>.parquet                    one row per seed pair (marks it done)
+    curves/<pair_key>.<pair metric>.parquet     a pair metric's curve (the Bezier curve)
+    failures/<record key>.<time_ns>.parquet     one row per failed attempt of a job
+Keys: `trial_key` (a trained model) and `cell_key` (a grid cell: every training option
+but the seed) are hashes of the config (`workers.config`); `measure_key` and `pair_key`
+are built from them here. A cell's key equals the trial key of its seed-0 model (kept so
+that stored sweeps keep their pair keys); the two never name records of the same table.
+
 Every row holds the flat trial config, so a query needs no join to see the axes.
 Rows never hold None: a missing number is NaN and a missing text is "", so every file
 of a table has the same column types and pyarrow/DuckDB can read them as one dataset.
+This module imports neither torch nor Ray: `analysis` reads its names.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import os
 import platform
 import socket
@@ -20,7 +33,57 @@ from typing import Any
 
 import pyarrow as pa
 
-from workers.config import SCHEMA_VERSION, TrialConfig, list_item_types
+from workers.config import SCHEMA_VERSION, TrialConfig, list_item_types, settings_hash
+from workers.errors import ConfigError
+
+TRIALS, HISTORY, MEASURES, CURVES, PAIRS, FAILURES = "trials", "history", "measures", "curves", "pairs", "failures"
+TABLES = (TRIALS, HISTORY, MEASURES, CURVES, PAIRS, FAILURES)
+DONE_TABLES = (TRIALS, MEASURES, PAIRS)  # a record in one of these marks its work done
+LONG_TABLES = (HISTORY, CURVES)  # many rows per record: readers load them on first use
+
+# Columns that identify a row or say how it was produced, rather than configure it.
+IDENTITY_COLUMNS = ("sweep", "trial_key", "cell_key", "status", "error", "metric", "settings")
+PROVENANCE_COLUMNS = ("host", "node_id", "pid", "device", "python_version", "torch_version", "numpy_version",
+                      "pyarrow_version", "code_version", "schema_version", "written_at")
+PACKING_COLUMNS = ("pack_size", "pack_id", "unpacked_reason")  # how a model trained (workers.packing)
+
+
+def record_path(table: str, name: str) -> str:
+    """Where record `name` of `table` lives inside a sweep folder."""
+    return f"{table}/{name}.parquet"
+
+
+def measure_key(cfg: TrialConfig, metric: str) -> str:
+    """Record name of one metric on one model: trial key, metric, hash of its options."""
+    return f"{cfg.trial_key}.{metric}-{settings_hash(cfg.sections[metric])}"
+
+
+def pending_metrics(cfg: TrialConfig, done_measures: set[str]) -> list[str]:
+    """The metrics of `cfg` with no `measures` record among `done_measures`."""
+    return [m for m in cfg.measure.metrics if measure_key(cfg, m) not in done_measures]
+
+
+def pending(configs: list[TrialConfig], trained: set[str], measured: set[str]) -> list[TrialConfig]:
+    """The configs whose model is not trained or has a metric not measured: what a run
+    of the sweep still has to do for each model (given the two tables' record names)."""
+    return [c for c in configs if c.trial_key not in trained or pending_metrics(c, measured)]
+
+
+def ordered_pair(cfg_a: TrialConfig, cfg_b: TrialConfig) -> tuple[TrialConfig, TrialConfig]:
+    """The two models of a seed pair, lower seed first; refuses models of two cells."""
+    if cfg_a.cell_key != cfg_b.cell_key:
+        raise ConfigError("pairs", f"models {cfg_a.trial_key} and {cfg_b.trial_key} are from different cells")
+    if cfg_a.train.seed == cfg_b.train.seed:
+        raise ConfigError("seed", f"a pair needs two different seeds, got {cfg_a.train.seed} twice")
+    return (cfg_a, cfg_b) if cfg_a.train.seed < cfg_b.train.seed else (cfg_b, cfg_a)
+
+
+def pair_key(cfg_a: TrialConfig, cfg_b: TrialConfig, with_mc: bool) -> str:
+    """Record name of a pair: cell, both seeds (in order), kind and a hash of its options;
+    the same for (a, b) and (b, a)."""
+    a, b = ordered_pair(cfg_a, cfg_b)
+    digest = hashlib.sha256(json.dumps(a.pairs.settings(with_mc), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{a.cell_key}.s{a.train.seed}-s{b.train.seed}.{'mc' if with_mc else 'sim'}-{digest}"
 
 
 def provenance(device: str, code_version: str) -> dict[str, Any]:

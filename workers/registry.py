@@ -35,6 +35,11 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._builders)
 
+    def registered(self) -> list[str]:
+        """The names in the order they were registered (where order matters, e.g. the
+        columns of a record)."""
+        return list(self._builders)
+
     def check(self, name: str, field: str | None = None) -> None:
         """Raise a ConfigError naming the field, the valid names and the closest match."""
         if name in self._builders:

@@ -9,13 +9,36 @@ is taken over the model with all its members, before they are collapsed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from workers.config import Section, TrialConfig, option, section
+from workers.errors import ConfigError
 from workers.train import Hook, recompute_bn
+
+
+@section("swa", prefix="swa")
+@dataclass(frozen=True)
+class SwaConfig(Section):
+    """The equal-weight average of the weights at the end of every epoch from `start`,
+    BatchNorm statistics recomputed."""
+
+    start: int = option(0, ge=0, note="0: off")  # first epoch (1-based) whose end weights are averaged
+    lr_factor: float = option(0.5, gt=0)  # from `start` on, lr = the optimizer's base lr * lr_factor
+
+    def check_with(self, config: TrialConfig) -> None:
+        if not self.start:
+            return
+        if self.start > config.train.epochs:
+            raise ConfigError("swa.start", f"{self.start} is after the last epoch ({config.train.epochs})")
+        late = config.late_phase
+        if late.k and self.start <= late.t0:
+            raise ConfigError("swa.start", f"must be after late_phase.t0 ({late.t0}): the average is "
+                              "taken over the late-phase model")
 
 
 class Swa(Hook):

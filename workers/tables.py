@@ -36,9 +36,9 @@ import pyarrow.parquet as pq
 
 from workers.config import SCHEMA_VERSION
 from workers.errors import StorageError
+from workers.records import TABLES
 from workers.storage import FileStamp, Storage
 
-TABLES = ("trials", "history", "measures", "curves", "pairs", "failures")
 FOLDER = "tables"  # `<sweep>/tables/<table>.parquet`
 LAYOUT_VERSION = 1  # of the consolidated file and its manifest
 MANIFEST_KEY = b"landscape_sweeps.records"

@@ -13,16 +13,42 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from workers.augment import NONE, Augment
+from workers.config import Section, TrialConfig, option, section
+from workers.errors import ConfigError
 from workers.fast_path import PLAIN, FastPath
+
+
+@section("train")
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    # How a model is computed, not which model: changing these keeps its trial key.
+    unhashed: ClassVar[tuple[str, ...]] = ("checkpoint_every", "channels_last", "torch_compile")
+    keyed_when_set: ClassVar[tuple[str, ...]] = ("precision",)
+
+    epochs: int = option(100, ge=1)
+    batch_size: int = option(128, ge=1)
+    seed: int = option(0, ge=0)
+    checkpoint_every: int = option(1, ge=1)  # epochs between resume checkpoints
+    # "bf16": training forward passes under bfloat16 autocast, any device
+    precision: str = option("fp32", choices=("fp32", "bf16"))
+    # CUDA only (workers.fast_path); on other devices training runs eager in the default layout.
+    channels_last: bool = True  # NHWC weights and images for training
+    torch_compile: bool = False  # compile the training step (pays off for long trials)
+
+    def check_with(self, config: TrialConfig) -> None:
+        n_train = config.data.n_train()
+        if self.batch_size > n_train:
+            raise ConfigError("batch_size", f"{self.batch_size} is larger than the training set ({n_train} "
+                              f"samples of {config.data.dataset} at data_fraction={config.data.data_fraction})")
 
 
 @dataclass(frozen=True)
@@ -208,7 +234,7 @@ def fit(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    hooks: Sequence[Hook],
+    hooks: Iterable[Hook],
     batch_size: int,
     seed: int,
     epochs: int,

@@ -16,24 +16,35 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from workers import checkpoints
 from workers.augment import Augment
-from workers.config import TrialConfig, settings_hash
-from workers.data import DATASETS, Splits, prepare
+from workers.catalog import TrialConfig
+from workers.data import Splits, prepare
 from workers.fast_path import PLAIN, FastPath
 from workers.late_phase import LatePhase
-from workers.metrics import METRICS
-from workers.models import build_model, load_start, n_parameters, norm_layer
+from workers.metrics import METRICS, MetricContext
+from workers.models import load_start, n_parameters, norm_layer
 from workers.optim import LrSchedule, build_optimizer, lr_factor
-from workers.records import config_columns, provenance, to_table
+from workers.records import (
+    CURVES,
+    HISTORY,
+    MEASURES,
+    TRIALS,
+    config_columns,
+    measure_key,
+    pending_metrics,
+    provenance,
+    record_path,
+    to_table,
+)
+from workers.runtime import RunContext, new_model, open_job, seed_everything
 from workers.storage import Storage
 from workers.swa import Swa
 from workers.train import EpochStats, Hook, Update, evaluate, finish, fit
@@ -41,59 +52,32 @@ from workers.train import EpochStats, Hook, Update, evaluate, finish, fit
 NAN = float("nan")
 
 
-@dataclass(frozen=True)
-class RunContext:
-    """Where and how a trial runs; not part of the trial's identity."""
+@dataclass
+class TrainingHooks:
+    """The training variants of a trial, by role; iterating gives them in the order
+    `fit` calls them (and resume checkpoints store their states)."""
 
-    storage: str  # the sweep folder: local path or URI
-    sweep: str
-    code_version: str = "unknown"
-    device: str = "auto"  # "auto": cuda if available, else cpu
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    update: Update  # the minibatch update: plain or late-phase, forward passes through the fast path
+    schedule: LrSchedule
+    swa: Swa | None = None
 
-    def resolved_device(self) -> str:
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every generator a trial touches, so a reused worker process leaks nothing."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    def __iter__(self) -> Iterator[Hook]:
+        yield self.update
+        yield self.schedule
+        if self.swa is not None:
+            yield self.swa
 
 
-def new_model(cfg: TrialConfig, splits: Splits, device: str) -> torch.nn.Module:
-    shape = DATASETS.meta(cfg.data.dataset)["shape"]
-    m = cfg.model
-    return build_model(m.model, m.width, shape, splits.num_classes, batchnorm=m.batchnorm,
-                       init_scale=m.init_scale).to(device)
-
-
-def training_hooks(cfg: TrialConfig, model: torch.nn.Module, fast: FastPath = PLAIN) -> list[Hook]:
-    """The training variants of a trial, in the order `fit` calls them: the update rule
-    (plain or late-phase, forward passes through `fast`), the lr schedule, then SWA if
-    configured."""
+def training_hooks(cfg: TrialConfig, model: torch.nn.Module, fast: FastPath = PLAIN) -> TrainingHooks:
+    """The update rule, the lr schedule and SWA if configured, for `model`."""
     optimizer = build_optimizer(model.parameters(), cfg)
     if cfg.late_phase.k:
         update: Update = LatePhase(model, optimizer, lambda params: build_optimizer(params, cfg),
                                    cfg.late_phase, seed=cfg.train.seed, fast=fast)
     else:
         update = Update(model, optimizer, fast=fast)
-    hooks: list[Hook] = [update, LrSchedule(lr_factor(cfg), update.param_groups)]
-    if cfg.swa.start:
-        hooks.append(Swa(model, cfg.swa.start, cfg.train.batch_size))
-    return hooks
-
-
-def measure_key(cfg: TrialConfig, metric: str) -> str:
-    """Record name of one metric on one model: trial key, metric, hash of its options."""
-    return f"{cfg.trial_key}.{metric}-{settings_hash(cfg.sections[metric])}"
-
-
-def missing_metrics(cfg: TrialConfig, done_measures: set[str]) -> list[str]:
-    return [m for m in cfg.measure.metrics if measure_key(cfg, m) not in done_measures]
+    swa = Swa(model, cfg.swa.start, cfg.train.batch_size) if cfg.swa.start else None
+    return TrainingHooks(update, LrSchedule(lr_factor(cfg), update.param_groups), swa)
 
 
 def run_trial(cfg: TrialConfig, ctx: RunContext, solo_reason: str = "") -> dict[str, Any]:
@@ -101,33 +85,29 @@ def run_trial(cfg: TrialConfig, ctx: RunContext, solo_reason: str = "") -> dict[
 
     `solo_reason` (why this trial did not train in a pack) goes into its trials row.
     """
-    storage = Storage.open(ctx.storage)
-    device = ctx.resolved_device()
-    if ctx.threads:
-        torch.set_num_threads(ctx.threads)
-    key = cfg.trial_key
     started = time.perf_counter()
-    recorded = storage.exists(f"trials/{key}.parquet")
-    row = storage.read_table("trials", key).to_pylist()[0] if recorded else None
-    todo = missing_metrics(cfg, set(storage.list_names("measures", ".parquet")))
+    job = open_job(ctx)
+    storage, key = job.storage, cfg.trial_key
+    row = storage.read_table(TRIALS, key).to_pylist()[0] if storage.exists(record_path(TRIALS, key)) else None
+    todo = pending_metrics(cfg, set(storage.list_names(MEASURES, ".parquet")))
     if row is not None and (row["status"] != "ok" or not todo):
         return row  # nothing to do: no data, no model (a pack job asks this of every member)
 
     seed_everything(cfg.train.seed)
-    splits = prepare(cfg.data, device)
-    model = new_model(cfg, splits, device)  # initialised from the seed alone
+    splits = prepare(cfg.data, job.device)
+    model = new_model(cfg, splits, job.device)  # initialised from the seed alone
     if row is not None:
-        final = checkpoints.load(storage, key, "final", device)
+        final = checkpoints.load(storage, key, "final", job.device)
         if final is not None:
             model.load_state_dict(final["model"])
     else:
-        trained = _train(cfg, ctx.sweep, storage, splits, model, device, solo_columns(solo_reason))
+        trained = _train(cfg, ctx.sweep, storage, splits, model, job.device, solo_columns(solo_reason))
         row = record_trained(cfg, ctx, storage, splits, trained, started)
 
     if row["status"] == "ok" and todo:
-        init = checkpoints.load(storage, key, "init", device)
+        init = checkpoints.load(storage, key, "init", job.device)
         for metric in todo:
-            row.update(_measure(cfg, ctx, storage, metric, model, splits, init["model"], device))
+            row.update(_measure(cfg, ctx, storage, metric, model, splits, init["model"], job.device))
     return row
 
 
@@ -159,45 +139,64 @@ def _train(
     cfg: TrialConfig, sweep: str, storage: Storage, splits: Splits, model: torch.nn.Module, device: str,
     packing: dict[str, Any],
 ) -> Trained:
-    key = cfg.trial_key
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    last = checkpoints.load(storage, key, "last", device)
     fast = FastPath.for_device(cfg.train, device)
     fast.model(model)  # before the optimizer holds the parameters
+    hooks, log = _start(cfg, storage, model, fast, device, config_columns(cfg, sweep))
+    train_start = time.perf_counter()
+    x_train = fast.inputs(splits.x_train)
+    blown_up = fit(model, hooks.update, x_train, splits.y_train, hooks=hooks, batch_size=cfg.train.batch_size,
+                   seed=cfg.train.seed, epochs=cfg.train.epochs, start_epoch=log.start_epoch,
+                   augment=Augment.of(cfg.data), on_epoch=log)
+    # SWA's averaged weights, late-phase's collapsed model; extras keep all members.
+    extras = finish(list(hooks), x_train) if blown_up is None else {}
+    fast.release(model)  # evaluation, checkpoint and metrics see the default layout
+    return Trained(model, log.history, log.start_epoch, 0 if blown_up is None else blown_up.epoch, extras,
+                   time.perf_counter() - train_start, {**fast.columns(), **packing})
+
+
+def _start(
+    cfg: TrialConfig, storage: Storage, model: torch.nn.Module, fast: FastPath, device: str, base: dict[str, Any],
+) -> tuple[TrainingHooks, EpochLog]:
+    """The hooks on `model` and the epoch log, restored from the `last` checkpoint of a
+    killed run if there is one; a fresh start saves `init` (theta_0) instead."""
+    last = checkpoints.load(storage, cfg.trial_key, "last", device)
     if last is None and cfg.model.init_from:
         load_start(model, cfg.model.init_from)
     hooks = training_hooks(cfg, model, fast)  # ALI-G projects the starting weights here
-    update = hooks[0]
+    log = EpochLog(cfg, storage, model, hooks, base)
     if last is None:
-        checkpoints.save(storage, key, "init", {"model": model.state_dict()})
-    else:  # resume after a crash: the state of the last finished epoch
-        for hook, state in zip(hooks, last["hooks"]):
-            hook.load_state_dict(state)  # late-phase rebuilds its members before the weights load
-        model.load_state_dict(last["model"])
-        history, start_epoch = last["history"], last["epoch"]
+        checkpoints.save(storage, cfg.trial_key, "init", {"model": model.state_dict()})
+        return hooks, log
+    for hook, state in zip(hooks, last["hooks"]):
+        hook.load_state_dict(state)  # late-phase rebuilds its members before the weights load
+    model.load_state_dict(last["model"])
+    log.history, log.start_epoch = last["history"], last["epoch"]
+    return hooks, log
 
-    base = config_columns(cfg, sweep)
 
-    def on_epoch(stats: EpochStats) -> None:
-        history.append(history_row(base, stats))
-        if stats.epoch % cfg.train.checkpoint_every == 0 and stats.epoch < cfg.train.epochs:
-            checkpoints.save(storage, key, "last", {
-                "model": model.state_dict(), "hooks": [h.state_dict() for h in hooks],
-                "history": history, "epoch": stats.epoch,
+@dataclass
+class EpochLog:
+    """`fit`'s end-of-epoch callback: the history row, then every `checkpoint_every`
+    epochs the `last` checkpoint a killed run resumes from (not after the final epoch:
+    the records follow at once), then the fault switch of the reliability tests."""
+
+    cfg: TrialConfig
+    storage: Storage
+    model: torch.nn.Module
+    hooks: TrainingHooks
+    base: dict[str, Any]  # the config columns of every history row
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0  # where this run starts: 0, or the epoch of the `last` checkpoint
+
+    def __call__(self, stats: EpochStats) -> None:
+        self.history.append(history_row(self.base, stats))
+        train = self.cfg.train
+        if stats.epoch % train.checkpoint_every == 0 and stats.epoch < train.epochs:
+            checkpoints.save(self.storage, self.cfg.trial_key, "last", {
+                "model": self.model.state_dict(), "hooks": [h.state_dict() for h in self.hooks],
+                "history": self.history, "epoch": stats.epoch,
             })
-        inject_fault(key, stats.epoch)
-
-    train_start = time.perf_counter()
-    x_train = fast.inputs(splits.x_train)
-    blown_up = fit(model, update, x_train, splits.y_train, hooks=hooks,
-                   batch_size=cfg.train.batch_size, seed=cfg.train.seed, epochs=cfg.train.epochs,
-                   start_epoch=start_epoch, augment=Augment.of(cfg.data), on_epoch=on_epoch)
-    # SWA's averaged weights, late-phase's collapsed model; extras keep all members.
-    extras = finish(hooks, x_train) if blown_up is None else {}
-    fast.release(model)  # evaluation, checkpoint and metrics see the default layout
-    return Trained(model, history, start_epoch, 0 if blown_up is None else blown_up.epoch, extras,
-                   time.perf_counter() - train_start, {**fast.columns(), **packing})
+        inject_fault(self.cfg.trial_key, stats.epoch)
 
 
 def record_trained(
@@ -205,44 +204,34 @@ def record_trained(
 ) -> dict[str, Any]:
     """Evaluate a trained model and write its records: `final` checkpoint, `history`, and
     last the `trials` row, which marks the model as done; the `last` checkpoint goes."""
-    key, model = cfg.trial_key, trained.model
+    key, model, history = cfg.trial_key, trained.model, trained.history
     eval_start = time.perf_counter()
     if not trained.blown_up:
-        status, error = "ok", ""
-        chunk = cfg.measure.eval_batch_size
-        train_loss, train_acc = evaluate(model, splits.x_train, splits.y_train, chunk)
-        test_loss, test_acc = evaluate(model, splits.x_test, splits.y_test, chunk)
+        outcome = {"status": "ok", "error": "", **_losses(model, splits, cfg.measure.eval_batch_size)}
         checkpoints.save(storage, key, "final", {"model": model.state_dict(), **trained.extras})
     else:
-        status, error = "diverged", f"non-finite training loss at epoch {trained.blown_up}"
-        train_loss = train_acc = test_loss = test_acc = NAN
-    history = trained.history
+        outcome = {"status": "diverged", "error": f"non-finite training loss at epoch {trained.blown_up}",
+                   **dict.fromkeys(("train_loss", "train_acc", "test_loss", "test_acc"), NAN)}
     row = {
-        **config_columns(cfg, ctx.sweep),
-        "status": status,
-        "error": error,
-        "epochs_done": history[-1]["epoch"] if history else 0,
-        "resumed_from_epoch": trained.start_epoch,
-        "n_params": n_parameters(model),
-        "norm_layer": norm_layer(cfg.model.model, cfg.model.batchnorm),
-        "n_train": len(splits.y_train),
-        "n_test": len(splits.y_test),
-        "n_noisy_labels": splits.n_noisy,
-        "train_loss": train_loss,
-        "train_acc": train_acc,
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-        "time_train_s": trained.train_time,
-        "time_eval_s": time.perf_counter() - eval_start,
+        **config_columns(cfg, ctx.sweep), **outcome,
+        "epochs_done": history[-1]["epoch"] if history else 0, "resumed_from_epoch": trained.start_epoch,
+        "n_params": n_parameters(model), "norm_layer": norm_layer(cfg.model.model, cfg.model.batchnorm),
+        "n_train": len(splits.y_train), "n_test": len(splits.y_test), "n_noisy_labels": splits.n_noisy,
+        "time_train_s": trained.train_time, "time_eval_s": time.perf_counter() - eval_start,
         "time_total_s": time.perf_counter() - started,
-        **trained.ran,
-        **provenance(ctx.resolved_device(), ctx.code_version),
+        **trained.ran, **provenance(ctx.resolved_device(), ctx.code_version),
     }
     if history:
-        storage.write_table("history", key, to_table(history))
-    storage.write_table("trials", key, to_table([row]))
+        storage.write_table(HISTORY, key, to_table(history))
+    storage.write_table(TRIALS, key, to_table([row]))
     checkpoints.remove(storage, key, "last")
     return row
+
+
+def _losses(model: torch.nn.Module, splits: Splits, chunk: int) -> dict[str, float]:
+    train_loss, train_acc = evaluate(model, splits.x_train, splits.y_train, chunk)
+    test_loss, test_acc = evaluate(model, splits.x_test, splits.y_test, chunk)
+    return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
 
 
 def _measure(
@@ -250,8 +239,6 @@ def _measure(
     model: torch.nn.Module, splits: Splits, init_state: dict[str, Any], device: str,
 ) -> dict[str, Any]:
     """Run one metric on the trained model; write its curves, then its measures row."""
-    from workers.metrics import MetricContext
-
     start = time.perf_counter()
     options = cfg.sections[metric]
     context = MetricContext(cfg=cfg, splits=splits, init_state=init_state,
@@ -260,15 +247,11 @@ def _measure(
     scalars = {f"{metric}_{k}": v for k, v in result.scalars.items()}
     scalars[f"{metric}_time_s"] = time.perf_counter() - start
     record = measure_key(cfg, metric)
-    base = config_columns(cfg, ctx.sweep)
-    settings = json.dumps(options.identity(), sort_keys=True)
+    base = {**config_columns(cfg, ctx.sweep), "metric": metric, "settings": json.dumps(options.identity(), sort_keys=True)}
     if result.curves:
-        storage.write_table("curves", record, to_table(
-            [{**base, "metric": metric, "settings": settings, **point} for point in result.curves]
-        ))
-    storage.write_table("measures", record, to_table(
-        [{**base, "metric": metric, "settings": settings, **scalars,
-          **provenance(ctx.resolved_device(), ctx.code_version)}]
+        storage.write_table(CURVES, record, to_table([{**base, **point} for point in result.curves]))
+    storage.write_table(MEASURES, record, to_table(
+        [{**base, **scalars, **provenance(ctx.resolved_device(), ctx.code_version)}]
     ))
     return scalars
 

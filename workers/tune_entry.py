@@ -14,10 +14,13 @@ import time
 import traceback
 from typing import Any
 
-from workers.config import TrialConfig
-from workers.records import to_table
+from workers.catalog import TrialConfig
+from workers.packing.job import run_pack
+from workers.pair_trial import run_pair
+from workers.records import FAILURES, pair_key, to_table
+from workers.runtime import RunContext
 from workers.storage import Storage
-from workers.trial import RunContext, run_trial
+from workers.trial import run_trial
 
 # Scalars reported to Tune (and so to the driver's progress line); records hold the rest.
 REPORTED = ("status", "train_loss", "train_acc", "test_loss", "test_acc", "mc_train_error",
@@ -28,8 +31,6 @@ def job_records(config: dict[str, Any]) -> list[tuple[str, str]]:
     """(record key, kind) of everything a job records: its model or pair, or a pack's
     models and the pairs it measures. A failed job is filed under each of them, so
     `analysis status` lists what is missing and clears each once it is recorded."""
-    from workers.pair_trial import pair_key
-
     if config["kind"] == "pair":
         return [(pair_key(TrialConfig.from_flat(config["a"]), TrialConfig.from_flat(config["b"]),
                           config["with_mc"]), "pair")]
@@ -44,13 +45,9 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
     """Run one job described by plain values; returns the row it recorded."""
     context = RunContext(**config["context"])
     if config["kind"] == "pair":
-        from workers.pair_trial import run_pair
-
         a, b = TrialConfig.from_flat(config["a"]), TrialConfig.from_flat(config["b"])
         return run_pair(a, b, config["with_mc"], context)
     if config["kind"] == "pack":
-        from workers.packing.job import run_pack
-
         members = [TrialConfig.from_flat(flat) for flat in config["members"]]
         pairs = [(TrialConfig.from_flat(p["a"]), TrialConfig.from_flat(p["b"]), p["with_mc"])
                  for p in config["pairs"]]
@@ -81,7 +78,7 @@ def record_failure(config: dict[str, Any], exc: BaseException) -> None:
     for key, kind in job_records(config):
         row = {"key": key, "kind": kind, "error": f"{type(exc).__name__}: {exc}{where}",
                "traceback": traceback.format_exc(), "host": socket.gethostname(), "failed_at": time.time()}
-        storage.write_table("failures", f"{key}.{time.time_ns()}", to_table([row]))
+        storage.write_table(FAILURES, f"{key}.{time.time_ns()}", to_table([row]))
 
 
 def tune_job(config: dict[str, Any]) -> None:

@@ -41,14 +41,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workers.config import Section, section
+from workers.config import Section, option, section
 from workers.errors import ConfigError
 from workers.metrics import METRICS, Measurement, MetricContext
 from workers.metrics.common import (
@@ -67,40 +66,27 @@ MatVec = Callable[[torch.Tensor], torch.Tensor]
 @section("hessian", prefix="hessian", training=False)
 @dataclass(frozen=True)
 class HessianOptions(Section):
-    n_samples: int = 256  # training samples (fixed subset; capped at the training-set size)
-    sample_seed: int = 0  # chooses the subset; the same for every model of a sweep
-    chunk_size: int = 1024  # samples per double-backward graph: bounds memory
-    top_k: int = 1  # eigenvalues from the top of the spectrum
-    max_iter: int = 100  # Lanczos steps (HVPs) at most
-    tol: float = 1e-2  # stop when each eigenvalue's residual <= tol * |eigenvalue|
-    start: str = "gradient"  # Lanczos start: "gradient" (+ a random part) or "random"
-    trace_probes: int = 4  # Hutchinson probes at most; 0 skips the trace
-    trace_min_probes: int = 3
-    trace_tol: float = 0.02  # stop when the standard error <= trace_tol * |trace|
+    n_samples: int = option(256, ge=1)  # training samples (fixed subset; capped at the training-set size)
+    sample_seed: int = option(0, ge=0)  # chooses the subset; the same for every model of a sweep
+    chunk_size: int = option(1024, ge=1)  # samples per double-backward graph: bounds memory
+    top_k: int = option(1, ge=1)  # eigenvalues from the top of the spectrum
+    max_iter: int = option(100, ge=1)  # Lanczos steps (HVPs) at most
+    tol: float = option(1e-2, gt=0, lt=1)  # stop when each eigenvalue's residual <= tol * |eigenvalue|
+    # Lanczos start: "gradient" (+ a random part) or "random"
+    start: str = option("gradient", choices=("gradient", "random"))
+    trace_probes: int = option(4, ge=0)  # Hutchinson probes at most; 0 skips the trace
+    trace_min_probes: int = option(3, ge=0)
+    trace_tol: float = option(0.02, gt=0)  # stop when the standard error <= trace_tol * |trace|
     trace_deflate: bool = True  # exact trace on the Lanczos basis, probes on the rest
-    density_runs: int = 0  # stochastic Lanczos quadrature runs; 0 skips the density
-    density_steps: int = 30  # Lanczos steps per density run
-    density_bins: int = 50
+    density_runs: int = option(0, ge=0)  # stochastic Lanczos quadrature runs; 0 skips the density
+    density_steps: int = option(30, ge=1)  # Lanczos steps per density run
+    density_bins: int = option(50, ge=1)
     groups: tuple[str, ...] = ()  # per-group Hessians: `module`, `stage`, `block` or globs
-    seed: int = 0  # start vectors and probes
+    seed: int = option(0, ge=0)  # start vectors and probes
 
-    STARTS: ClassVar[tuple[str, ...]] = ("gradient", "random")
-
-    def validate(self) -> None:
-        for name in ("n_samples", "chunk_size", "top_k", "max_iter", "density_steps", "density_bins"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"hessian.{name}", f"must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("trace_probes", "trace_min_probes", "density_runs", "sample_seed", "seed"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"hessian.{name}", f"must be >= 0, got {getattr(self, name)!r}")
+    def check(self) -> None:
         if self.top_k > self.max_iter:
             raise ConfigError("hessian.top_k", f"{self.top_k} is more than max_iter ({self.max_iter})")
-        if not 0 < self.tol < 1:
-            raise ConfigError("hessian.tol", f"must be in (0, 1), got {self.tol!r}")
-        if not self.trace_tol > 0:
-            raise ConfigError("hessian.trace_tol", f"must be > 0, got {self.trace_tol!r}")
-        if self.start not in self.STARTS:
-            raise ConfigError("hessian.start", f"unknown start {self.start!r}; valid: {', '.join(self.STARTS)}")
         check_group_specs(self.groups, "hessian.groups")
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.config import Section, section
+from workers.config import Section, option, section
 from workers.errors import ConfigError
 from workers.metrics import METRICS, Measurement, MetricContext
 from workers.metrics.common import EvalSets, check_group_specs, curve_row, parameter_groups, state_keys
@@ -45,37 +45,24 @@ State = dict[str, torch.Tensor]
 @section("interpolation", prefix="interpolation", training=False)
 @dataclass(frozen=True)
 class InterpolationOptions(Section):
-    points: int = 21  # alphas i / (points - 1) in [0, 1], both ends included
-    extend: float = 0.0  # also alphas up to `extend` beyond each end, same spacing
-    eval_samples: int = 256  # fixed subset of each split (capped at the split's size)
+    points: int = option(21, ge=2, note="both end points")  # alphas i / (points - 1) in [0, 1]
+    extend: float = option(0.0, ge=0)  # also alphas up to `extend` beyond each end, same spacing
+    eval_samples: int = option(256, ge=1)  # fixed subset of each split (capped at the split's size)
     eval_seed: int = 0
-    bn_stats: str = "interpolate"  # BatchNorm running statistics: "interpolate" or "recompute"
+    # BatchNorm running statistics along the path
+    bn_stats: str = option("interpolate", choices=("interpolate", "recompute"))
     groups: tuple[str, ...] = ()  # layer-wise paths: `module`, `stage`, `block` or globs
-    group_points: int = 11  # points in [0, 1] of each layer-wise path
+    group_points: int = option(11, ge=2, note="both end points")  # points in [0, 1] of each layer-wise path
     others_at: tuple[str, ...] = ("final",)  # where the other groups stay: "final" and/or "init"
-    monotone_tol: float = 1e-3  # nats of loss increase still counted as monotone
+    monotone_tol: float = option(1e-3, ge=0)  # nats of loss increase still counted as monotone
 
-    BN_STATS: ClassVar[tuple[str, ...]] = ("interpolate", "recompute")
     OTHERS_AT: ClassVar[dict[str, str]] = {"final": "interp_group", "init": "interp_group_mirror"}
 
-    def validate(self) -> None:
-        for name in ("points", "group_points"):
-            if getattr(self, name) < 2:
-                raise ConfigError(f"interpolation.{name}", f"must be >= 2 (both end points), got "
-                                                           f"{getattr(self, name)!r}")
-        if self.eval_samples < 1:
-            raise ConfigError("interpolation.eval_samples", f"must be >= 1, got {self.eval_samples!r}")
-        if not self.extend >= 0:
-            raise ConfigError("interpolation.extend", f"must be >= 0, got {self.extend!r}")
-        if self.bn_stats not in self.BN_STATS:
-            raise ConfigError("interpolation.bn_stats",
-                              f"unknown value {self.bn_stats!r}; valid: {', '.join(self.BN_STATS)}")
+    def check(self) -> None:
         unknown = [o for o in self.others_at if o not in self.OTHERS_AT]
         if unknown or len(set(self.others_at)) != len(self.others_at):
             raise ConfigError("interpolation.others_at",
                               f"got {list(self.others_at)}; use distinct values of {', '.join(self.OTHERS_AT)}")
-        if self.monotone_tol < 0:
-            raise ConfigError("interpolation.monotone_tol", f"must be >= 0, got {self.monotone_tol!r}")
         check_group_specs(self.groups, "interpolation.groups")
 
 

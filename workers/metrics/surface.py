@@ -13,13 +13,13 @@ running statistics stay at theta_T, as in Li et al.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from workers.config import Section, section
+from workers.config import Section, option, section
 from workers.errors import ConfigError
 from workers.metrics import METRICS, Measurement, MetricContext
 from workers.metrics.common import EvalSets, curve_row, trainable
@@ -31,28 +31,18 @@ State = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class SurfaceOptions(Section):
     dims: tuple[int, ...] = (1, 2)  # which slices: 1D and/or 2D
-    points: int = 21  # grid points of the 1D slice
-    points_2d: int = 11  # grid points per axis of the 2D slice
-    span: float = 1.0  # coordinates in [-span, span], in filter-normalised units
-    eval_samples: int = 256  # fixed subset of each split (capped at the split's size)
+    points: int = option(21, ge=2, note="both end points")  # grid points of the 1D slice
+    points_2d: int = option(11, ge=2, note="both end points")  # grid points per axis of the 2D slice
+    span: float = option(1.0, gt=0)  # coordinates in [-span, span], in filter-normalised units
+    eval_samples: int = option(256, ge=1)  # fixed subset of each split (capped at the split's size)
     eval_seed: int = 0
     direction_seed: int = 0
-    bias_bn: str = "zero"  # 1-D parameters (biases, BatchNorm): "zero" or "filter" (one filter)
+    # 1-D parameters (biases, BatchNorm): "zero" or "filter" (one filter)
+    bias_bn: str = option("zero", choices=("zero", "filter"))
 
-    BIAS_BN: ClassVar[tuple[str, ...]] = ("zero", "filter")
-
-    def validate(self) -> None:
+    def check(self) -> None:
         if not self.dims or any(d not in (1, 2) for d in self.dims) or len(set(self.dims)) != len(self.dims):
             raise ConfigError("surface.dims", f"got {list(self.dims)}; use 1, 2 or both")
-        for name in ("points", "points_2d"):
-            if getattr(self, name) < 2:
-                raise ConfigError(f"surface.{name}", f"must be >= 2, got {getattr(self, name)!r}")
-        if not self.span > 0:
-            raise ConfigError("surface.span", f"must be > 0, got {self.span!r}")
-        if self.eval_samples < 1:
-            raise ConfigError("surface.eval_samples", f"must be >= 1, got {self.eval_samples!r}")
-        if self.bias_bn not in self.BIAS_BN:
-            raise ConfigError("surface.bias_bn", f"unknown value {self.bias_bn!r}; valid: {', '.join(self.BIAS_BN)}")
 
 
 def filter_normalised(weights: State, generator: torch.Generator, bias_bn: str) -> State:

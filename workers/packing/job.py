@@ -23,13 +23,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from workers import checkpoints
 from workers.augment import Augment
-from workers.config import TrialConfig
+from workers.catalog import TrialConfig
 from workers.data import Splits, prepare
 from workers.errors import StorageError
 from workers.models import load_start
@@ -39,19 +40,11 @@ from workers.packing.optim import build_packed_optimizer
 from workers.packing.plan import pack_id
 from workers.packing.train import PackedUpdate, fit_packed, pack_fast_path
 from workers.pair_trial import run_pair
-from workers.records import config_columns
+from workers.records import TRIALS, config_columns, record_path
+from workers.runtime import RunContext, new_model, open_job, seed_everything
 from workers.storage import Storage
 from workers.train import EpochStats
-from workers.trial import (
-    RunContext,
-    Trained,
-    history_row,
-    inject_fault,
-    new_model,
-    record_trained,
-    run_trial,
-    seed_everything,
-)
+from workers.trial import Trained, history_row, inject_fault, record_trained, run_trial
 
 PairSpec = tuple[TrialConfig, TrialConfig, bool]  # two seeds of a cell, with mode connectivity or not
 
@@ -64,11 +57,9 @@ def run_pack(cfgs: Sequence[TrialConfig], pairs: Sequence[PairSpec], ctx: RunCon
     pack from its checkpoint (the recorded members are not written again); otherwise
     only the members without a `trials` row train, alone if just one is left.
     """
-    storage = Storage.open(ctx.storage)
-    if ctx.threads:
-        torch.set_num_threads(ctx.threads)
+    storage = open_job(ctx).storage
     key = pack_id([c.trial_key for c in cfgs])
-    todo = [c for c in cfgs if not storage.exists(f"trials/{c.trial_key}.parquet")]
+    todo = [c for c in cfgs if not storage.exists(record_path(TRIALS, c.trial_key))]
     if todo and checkpoints.exists(storage, key, "last"):
         train_pack(cfgs, ctx, storage)
     elif len(todo) == 1:
@@ -99,67 +90,93 @@ def train_pack(cfgs: Sequence[TrialConfig], ctx: RunContext, storage: Storage) -
     """Train `cfgs` as one packed network and record every member not recorded yet."""
     started = time.perf_counter()
     device = ctx.resolved_device()
-    members, key = len(cfgs), pack_id([c.trial_key for c in cfgs])
     splits = member_splits(cfgs, device)
-    models = []
-    for cfg, split in zip(cfgs, splits):
-        seed_everything(cfg.train.seed)
-        models.append(new_model(cfg, split, device))  # initialised as its solo trial's
-        if cfg.model.init_from:
-            load_start(models[-1], cfg.model.init_from)
-    packed = pack(models)
-    del models
+    packed = pack(_member_models(cfgs, splits, device))
     fast = pack_fast_path(cfgs[0].train, device)
     fast.model(packed)  # before the optimizer holds the parameters
     optimizer = build_packed_optimizer(list(packed.parameters()), cfgs)  # ALI-G projects here
-    bases = [config_columns(c, ctx.sweep) for c in cfgs]
-    last = checkpoints.load(storage, key, "last", device)
-    if last is None:
-        histories: list[list[dict[str, Any]]] = [[] for _ in cfgs]
-        blown_up, start_epoch = [0] * members, 0
-        for g, cfg in enumerate(cfgs):
-            checkpoints.save(storage, cfg.trial_key, "init", {"model": member_state(packed, g, members)})
-    else:  # resume after a crash: the state of the last finished epoch
-        optimizer.load_state_dict(last["optimizer"])
-        packed.load_state_dict(last["model"])
-        histories, blown_up, start_epoch = last["histories"], last["blown_up"], last["epoch"]
-    train = cfgs[0].train
-
-    def on_epoch(stats: list[EpochStats]) -> bool:
-        for g, member in enumerate(stats):
-            if not blown_up[g]:
-                histories[g].append(history_row(bases[g], member))
-                blown_up[g] = member.epoch if member.diverged else 0
-        epoch = stats[0].epoch
-        if epoch % train.checkpoint_every == 0 and epoch < train.epochs:
-            checkpoints.save(storage, key, "last", {
-                "model": packed.state_dict(), "optimizer": optimizer.state_dict(),
-                "histories": histories, "blown_up": blown_up, "epoch": epoch,
-            })
-        for trial_key in (key, *(c.trial_key for c in cfgs)):
-            inject_fault(trial_key, epoch)
-        return not all(blown_up)
-
-    train_start = time.perf_counter()
-    update = PackedUpdate(packed, optimizer, fast)
-    fit_packed(update, splits[0].x_train, [s.y_train for s in splits], batch_size=train.batch_size,
-               seeds=[c.train.seed for c in cfgs], epochs=train.epochs, start_epoch=start_epoch,
-               base_lrs=optimizer.base_lrs, lr_factor=lr_factor(cfgs[0]), augment=Augment.of(cfgs[0].data),
-               on_epoch=on_epoch)
+    log = PackLog.start(cfgs, storage, packed, optimizer, [config_columns(c, ctx.sweep) for c in cfgs], device)
+    train_start, train = time.perf_counter(), cfgs[0].train
+    fit_packed(PackedUpdate(packed, optimizer, fast), splits[0].x_train, [s.y_train for s in splits],
+               batch_size=train.batch_size, seeds=[c.train.seed for c in cfgs], epochs=train.epochs,
+               start_epoch=log.start_epoch, base_lrs=optimizer.base_lrs, lr_factor=lr_factor(cfgs[0]),
+               augment=Augment.of(cfgs[0].data), on_epoch=log)
     fast.release(packed)
-    train_time = time.perf_counter() - train_start
-    ran = {**fast.columns(), "pack_size": members, "pack_id": key, "unpacked_reason": ""}
+    ran = {**fast.columns(), "pack_size": len(cfgs), "pack_id": log.key, "unpacked_reason": ""}
     failed = []
     for g, (cfg, split) in enumerate(zip(cfgs, splits)):
-        if storage.exists(f"trials/{cfg.trial_key}.parquet"):  # recorded before a kill
+        if storage.exists(record_path(TRIALS, cfg.trial_key)):  # recorded before a kill
             continue
         model = new_model(cfg, split, device)
-        model.load_state_dict(member_state(packed, g, members))
-        trained = Trained(model, histories[g], start_epoch, blown_up[g], {}, train_time, ran)
+        model.load_state_dict(member_state(packed, g, len(cfgs)))
+        trained = Trained(model, log.histories[g], log.start_epoch, log.blown_up[g], {},
+                          time.perf_counter() - train_start, ran)
         try:
             record_trained(cfg, ctx, storage, split, trained, started)
         except StorageError as exc:  # record the other members; the job fails below
             failed.append(exc)
     if failed:  # the `last` checkpoint stays: a retry resumes the pack and records the rest
         raise failed[0]
-    checkpoints.remove(storage, key, "last")
+    checkpoints.remove(storage, log.key, "last")
+
+
+def _member_models(cfgs: Sequence[TrialConfig], splits: Sequence[Splits], device: str) -> list[torch.nn.Module]:
+    """Each member's model, initialised exactly as its solo trial's."""
+    models = []
+    for cfg, split in zip(cfgs, splits):
+        seed_everything(cfg.train.seed)
+        models.append(new_model(cfg, split, device))
+        if cfg.model.init_from:
+            load_start(models[-1], cfg.model.init_from)
+    return models
+
+
+@dataclass
+class PackLog:
+    """`fit_packed`'s end-of-epoch callback: each member's history row and divergence,
+    every `checkpoint_every` epochs the pack's `last` checkpoint (not after the final
+    epoch), then the fault switch; answers whether any member still trains."""
+
+    cfgs: Sequence[TrialConfig]
+    storage: Storage
+    packed: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    bases: list[dict[str, Any]]  # each member's config columns
+    histories: list[list[dict[str, Any]]]
+    blown_up: list[int]  # per member: the epoch its loss was not finite; 0: still training
+    start_epoch: int = 0
+
+    @property
+    def key(self) -> str:
+        return pack_id([c.trial_key for c in self.cfgs])
+
+    @classmethod
+    def start(cls, cfgs: Sequence[TrialConfig], storage: Storage, packed: torch.nn.Module,
+              optimizer: torch.optim.Optimizer, bases: list[dict[str, Any]], device: str) -> PackLog:
+        """A fresh log (saving each member's `init`), or the one of the `last` checkpoint
+        a killed run left, with the pack's weights and optimizer state restored."""
+        log = cls(cfgs, storage, packed, optimizer, bases, [[] for _ in cfgs], [0] * len(cfgs))
+        last = checkpoints.load(storage, log.key, "last", device)
+        if last is None:
+            for g, cfg in enumerate(cfgs):
+                checkpoints.save(storage, cfg.trial_key, "init", {"model": member_state(packed, g, len(cfgs))})
+            return log
+        optimizer.load_state_dict(last["optimizer"])
+        packed.load_state_dict(last["model"])
+        log.histories, log.blown_up, log.start_epoch = last["histories"], last["blown_up"], last["epoch"]
+        return log
+
+    def __call__(self, stats: list[EpochStats]) -> bool:
+        for g, member in enumerate(stats):
+            if not self.blown_up[g]:
+                self.histories[g].append(history_row(self.bases[g], member))
+                self.blown_up[g] = member.epoch if member.diverged else 0
+        epoch, train = stats[0].epoch, self.cfgs[0].train
+        if epoch % train.checkpoint_every == 0 and epoch < train.epochs:
+            checkpoints.save(self.storage, self.key, "last", {
+                "model": self.packed.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "histories": self.histories, "blown_up": self.blown_up, "epoch": epoch,
+            })
+        for trial_key in (self.key, *(c.trial_key for c in self.cfgs)):
+            inject_fault(trial_key, epoch)
+        return not all(self.blown_up)

@@ -25,7 +25,8 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from workers.config import SECTIONS, TrialConfig, check_key
+from workers.catalog import TrialConfig
+from workers.config import SECTIONS, check_key
 from workers.data import DATASETS
 from workers.errors import ConfigError
 from workers.models import MODELS

@@ -21,11 +21,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from workers.augment import NONE, Augment
-from workers.config import TrainConfig
 from workers.fast_path import PLAIN, FastPath
 from workers.packing.modules import split_outputs, stack_inputs
 from workers.packing.optim import PackedOptimizer
-from workers.train import EpochStats, epoch_batches
+from workers.train import EpochStats, TrainConfig, epoch_batches
 
 
 def pack_fast_path(train: TrainConfig, device: str) -> FastPath:

@@ -1,0 +1,45 @@
+"""Mode connectivity of a seed pair: a quadratic Bezier curve between the two models,
+its bend trained for low loss (Garipov et al. 2018), evaluated along t and summarised as
+the taxonomy paper's mc on training error, training loss and test error
+(`workers.mc.curve_summary`). Only the first `pairs.mc_pairs` pairs of a cell get one."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+from torch import nn
+
+from workers import pairwise
+from workers.augment import Augment
+from workers.mc import curve_summary
+from workers.pair_metrics import PAIR_METRICS, PairConfig, PairContext, PairMeasurement
+
+CURVE_COLUMNS = ("t", "split", "loss", "acc", "err")  # what the summary reads of a stored curve
+
+
+@PAIR_METRICS.register("bezier", scalars=("mc", "mc_loss", "mc_test", "bezier_objective"), mc_only=True)
+def bezier(model_a: nn.Module, model_b: nn.Module, options: PairConfig, context: PairContext) -> PairMeasurement:
+    """Fit and evaluate the curve, or summarise the one stored before a crash."""
+    if context.stored_curve is not None:
+        points = [{k: p[k] for k in CURVE_COLUMNS} for p in context.stored_curve]
+        return PairMeasurement({"curve_reused": True, **curve_summary(points)})
+    cfg, splits = context.cfg, context.splits
+    module = copy.deepcopy(model_a)  # the curve's module: its weights and BatchNorm statistics get overwritten
+    w_a, w_b = pairwise.trainable_weights(model_a), pairwise.trainable_weights(model_b)
+    batch_size = min(options.bezier_batch_size, len(splits.y_train))
+    bend, objective = pairwise.fit_bend(
+        module, w_a, w_b, splits.x_train, splits.y_train, epochs=options.bezier_epochs, lr=options.bezier_lr,
+        momentum=options.bezier_momentum, weight_decay=options.bezier_weight_decay, batch_size=batch_size,
+        seed=1_000 * context.seeds[0] + context.seeds[1], augment=Augment.of(cfg.data),
+    )
+    if not math.isfinite(objective):
+        return PairMeasurement({"curve_reused": False, "bezier_objective": objective},
+                               diverged="the Bezier curve fit diverged (non-finite loss)")
+    ts = [i / (options.bezier_points - 1) for i in range(options.bezier_points)]
+    points = pairwise.evaluate_curve(
+        module, w_a, bend, w_b, ts, {"train": (splits.x_train, splits.y_train), "test": (splits.x_test, splits.y_test)},
+        x_bn=splits.x_train, bn_batch_size=batch_size, chunk=cfg.measure.eval_batch_size,
+    )
+    return PairMeasurement({"curve_reused": False, "bezier_objective": objective, **curve_summary(points)},
+                           curves=[{"group": "", **p} for p in points])

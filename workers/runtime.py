@@ -1,0 +1,79 @@
+"""What every job (a trial, a pack, a seed pair) sets up before its work, in one place.
+
+A job arrives as plain values plus a `RunContext` (where the sweep lives, which device,
+how many threads); `open_job` turns that into the opened storage and the device, and
+`new_model` / `trained_model` build the models the job works on. `workers.trial`,
+`workers.pair_trial` and `workers.packing.job` share these, so a trial and a pair start
+the same way.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from workers import checkpoints
+from workers.catalog import TrialConfig
+from workers.data import DATASETS, Splits
+from workers.models import build_model
+from workers.storage import Storage
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where and how a job runs; not part of any record's identity."""
+
+    storage: str  # the sweep folder: local path or URI
+    sweep: str
+    code_version: str = "unknown"
+    device: str = "auto"  # "auto": cuda if available, else cpu
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job's opened surroundings: the sweep's storage and the device it computes on."""
+
+    storage: Storage
+    device: str
+
+
+def open_job(ctx: RunContext) -> Job:
+    """Open the storage and apply the thread count (per process: a reused Ray worker
+    keeps the last job's setting, so every job sets its own)."""
+    if ctx.threads:
+        torch.set_num_threads(ctx.threads)
+    return Job(Storage.open(ctx.storage), ctx.resolved_device())
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator a job touches, so a reused worker process leaks nothing."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def new_model(cfg: TrialConfig, splits: Splits, device: str) -> torch.nn.Module:
+    """A freshly initialised model of `cfg`'s architecture (its weights come from the
+    global generator: seed it first)."""
+    shape = DATASETS.meta(cfg.data.dataset)["shape"]
+    m = cfg.model
+    return build_model(m.model, m.width, shape, splits.num_classes, batchnorm=m.batchnorm,
+                       init_scale=m.init_scale).to(device)
+
+
+def trained_model(storage: Storage, cfg: TrialConfig, splits: Splits, device: str) -> torch.nn.Module:
+    """The model `cfg` trained to, from its `final` checkpoint."""
+    state = checkpoints.load(storage, cfg.trial_key, "final", device)
+    assert state is not None, f"trial {cfg.trial_key} is done but has no final checkpoint"
+    model = new_model(cfg, splits, device)
+    model.load_state_dict(state["model"])
+    return model
