@@ -1,9 +1,10 @@
 """A real single-node Slurm on this machine, for tests/test_slurm.py.
 
 Debian's `munge` and `slurm-wlm` daemons (munged, slurmctld, slurmd) run with a generated
-slurm.conf, and all their state, logs and sockets live in one folder; the ports are free
-ones and the node's name is unique, so two test runs on one machine do not meet. The
-node declares this machine's CPUs; processes are tracked by cgroup, as on a real cluster.
+slurm.conf, and all their state, logs and sockets live in one folder. The ports are free
+ones, the node's name is unique and job ids start at random (a job's Ray ports follow its
+id), so two test runs on one machine do not meet. The node declares this machine's CPUs;
+processes are tracked by cgroup, as on a real cluster.
 
 slurmd runs in its own PID namespace (`unshare --pid --mount-proc`), because a compute
 node has its own processes: a job sees only those of its node. That is what `ray
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -50,6 +52,7 @@ def _free_port() -> int:
 
 SLURM_CONF = """\
 ClusterName=sweeptest
+FirstJobId={first_job_id}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
@@ -113,7 +116,7 @@ class SlurmCluster:
         key.chmod(0o600)
         host = socket.gethostname().split(".")[0]
         (folder / "slurm.conf").write_text(SLURM_CONF.format(
-            host=host, node=self.node, folder=folder, cpus=os.cpu_count(),
+            host=host, node=self.node, folder=folder, cpus=os.cpu_count(), first_job_id=random.randrange(1, 10**6),
             ctld_port=_free_port(), slurmd_port=_free_port()))
         # Slurm's autodetection takes this machine's hybrid hierarchy for cgroup v2
         version = "v1" if Path("/sys/fs/cgroup/freezer").is_dir() else "v2"
