@@ -117,7 +117,7 @@ def run(
         for table in DONE_TABLES:
             for relpath in storage.quarantine_unreadable(table, trusted=held_records(storage, table)):
                 say(f"warning: {relpath} was unreadable; moved to _quarantine/, will be recomputed")
-        configs = configs if grow is None else grow([])
+        grid, configs = configs, (configs if grow is None else grow([]))
         todo, trained = pending_trials(configs, storage)
         pairs = pending_pairs(configs, storage)
         packs = plan_jobs_to_train(todo, trained, options.pack_policy())
@@ -131,7 +131,7 @@ def run(
                              threads=max(1, int(options.cpus_per_trial)))
         axes = list(spec.axes())
         jobs = plan_jobs(packs, pairs, context)
-        growth = _Growth(grow, configs, storage, options.pack_policy(), context) if grow else None
+        growth = _Growth(grow, grid, configs, storage, options.pack_policy(), context) if grow else None
         if not jobs:
             failed = 0
         elif options.in_process:
@@ -152,11 +152,12 @@ def run(
 class _Growth:
     """A refined sweep's further jobs, from `grow`; it keeps what it planned for the summary."""
 
-    def __init__(self, grow: Grow, configs: list[TrialConfig], storage: Storage, policy: PackPolicy,
-                 context: RunContext) -> None:
+    def __init__(self, grow: Grow, grid: list[TrialConfig], configs: list[TrialConfig], storage: Storage,
+                 policy: PackPolicy, context: RunContext) -> None:
         self.grow, self.storage, self.policy, self.context = grow, storage, policy, context
         self.configs = list(configs)  # every model planned so far
         self.added = 0  # models and pairs added to run
+        self.most_jobs = len(grid) + len(plan_pairs(grid))  # each job trains a model or measures a pair
 
     def __call__(self) -> tuple[list[Job], set[str]]:
         """Jobs of the models `grow` adds, and the keys of the models already trained."""
@@ -275,7 +276,7 @@ def _run_with_tune(
 
     return run_jobs(jobs, finished={c.trial_key for c in configs if c.trial_key not in pending},
                     options=options, tune_dir=tune_dir, name=context.sweep, callbacks=[progress],
-                    extend=extend if growth else None)
+                    extend=extend if growth else None, max_jobs=growth.most_jobs if growth else 0)
 
 
 # Jobs per Tune experiment. Tune's controller keeps every trial of an experiment in
@@ -334,11 +335,13 @@ def _env_default(name: str, value: str) -> Iterator[None]:
 def run_jobs(
     jobs: list[Job], *, finished: set[str], options: RunOptions, tune_dir: str, name: str,
     callbacks: list | None = None, trainable=None, shard_size: int = SHARD_SIZE, extend: Extend | None = None,
+    max_jobs: int = 0,
 ) -> int:
     """Run jobs through Tune with the project's settings (actor reuse, retries, pair-aware
     searcher, per-job GPU share, experiments of at most about `shard_size` jobs); returns
     the number that failed. `trainable` defaults to the real trial function. With `extend`
-    (a refined sweep, whose jobs grow as it runs) all jobs run in one experiment."""
+    (a refined sweep, whose jobs grow as it runs, to at most `max_jobs`) all jobs run in
+    one experiment."""
     import ray
     from ray import tune
 
@@ -363,7 +366,7 @@ def run_jobs(
                 function,
                 tune_config=tune.TuneConfig(
                     search_alg=SweepSearcher(shard, finished, extend),
-                    num_samples=-1 if extend else len(shard),  # -1: until the searcher is finished
+                    num_samples=max_jobs if extend else len(shard),
                     max_concurrent_trials=options.max_concurrent or None,
                     reuse_actors=True,
                     trial_dirname_creator=lambda trial: trial.trial_id,

@@ -191,8 +191,10 @@ def test_searcher_asks_for_more_jobs_only_when_its_queue_runs_dry():
     assert searcher.suggest("5") == SweepSearcher.FINISHED and asked == [0, 1]
 
 
-def test_driver_grows_a_sweep_through_ray(ray_session, tiny, tmp_path):
-    """The driver runs what `grow` adds while the sweep runs, in one Tune experiment."""
+@pytest.mark.parametrize("in_process", [False, True])
+def test_driver_grows_a_sweep_through_ray(in_process, ray_session, tiny, tmp_path):
+    """The driver runs what `grow` adds while the sweep runs: in one Tune experiment, or
+    (`--in-process`) batch after batch."""
     spec = SweepSpec("taxonomy", "demo", "grow", str(tmp_path), {**tiny, "metrics": [], "measure_pairs": False,
                                                                   "width": [2, 4], "seed": [0, 1]})
     configs = spec.trials()
@@ -203,11 +205,12 @@ def test_driver_grows_a_sweep_through_ray(ray_session, tiny, tmp_path):
         calls.append([c.trial_key for c in planned])
         return batches[len(calls) - 1]
 
-    summary = run(spec, configs, RunOptions(), log=lambda line: None, grow=grow)
+    summary = run(spec, configs, RunOptions(in_process=in_process), log=lambda line: None, grow=grow)
     assert summary.ran == 4 and summary.failed == 0 and summary.total == 4
     assert calls[0] == [] and len(calls) == 4 and calls[-1] == [c.trial_key for c in configs]
     assert sorted(load_sweep(str(tmp_path / "grow")).trials["trial_key"]) == sorted(c.trial_key for c in configs)
-    assert len(list((tmp_path / "grow" / "_tune").iterdir())) == 1  # one experiment
+    experiments = list((tmp_path / "grow" / "_tune").iterdir()) if not in_process else []
+    assert len(experiments) == (0 if in_process else 1)
 
 
 def test_bad_refine_on_the_sweep_command_exits_2_and_writes_nothing(tmp_path, capsys):
