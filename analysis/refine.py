@@ -63,17 +63,19 @@ class RefineSettings:
     @classmethod
     def parse(cls, text: str) -> RefineSettings:
         """`budget=0.5,stride=2` and the like; "" gives the defaults."""
-        allowed = ", ".join(f"{name}=" for name in asdict(cls()))
+        defaults = asdict(cls())
         values: dict[str, Any] = {}
         for item in filter(None, (part.strip() for part in text.split(","))):
             key, sep, value = (s.strip() for s in item.partition("="))
-            if not sep or key not in asdict(cls()) or not value:
-                raise ConfigError("--refine", f"expected comma-separated {allowed} (e.g. budget=0.5), got {item!r}")
+            if not sep or key not in defaults or not value:
+                raise ConfigError("--refine", f"expected comma-separated {', '.join(f'{k}=' for k in defaults)} "
+                                  f"(e.g. budget=0.5), got {item!r}")
             values[key] = value
-        settings = cls(**{k: v for k, v in values.items() if k in ("x", "y")},
-                       budget=_number("budget", values.get("budget", "0.5"), float, "a number in (0, 1], "
-                                      "the largest share of the grid's models to train"),
-                       stride=_number("stride", values.get("stride", "2"), int, "an integer >= 2"))
+        settings = cls(**{**defaults, **values,
+                          "budget": _number("budget", values.get("budget"), float, defaults["budget"],
+                                            "a number in (0, 1], the largest share of the grid's models to train"),
+                          "stride": _number("stride", values.get("stride"), int, defaults["stride"],
+                                            "an integer >= 2")})
         if not 0 < settings.budget <= 1:
             raise ConfigError("--refine budget", f"must be in (0, 1] (a share of the grid's models), got {settings.budget:g}")
         if settings.stride < 2:
@@ -89,7 +91,9 @@ class RefineSettings:
         return RefineSettings(self.budget, self.stride, x, y)
 
 
-def _number(name: str, text: str, kind: type, allowed: str) -> Any:
+def _number(name: str, text: str | None, kind: type, default: Any, allowed: str) -> Any:
+    if text is None:
+        return default
     try:
         return kind(text)
     except ValueError:
@@ -190,18 +194,25 @@ class _Known:
 
 
 def _weights(at: tuple[int, int], ring: list[tuple[int, int]]) -> np.ndarray:
+    """1 / (Euclidean distance in grid steps)^2 of each ring cell from `at`."""
     return np.array([1.0 / ((i - at[0]) ** 2 + (j - at[1]) ** 2) for i, j in ring])
+
+
+def _values(rows: list[pd.Series], column: str, scale: Callable) -> np.ndarray:
+    return np.array([scale(float(r.get(column, math.nan))) for r in rows], dtype=np.float64)
+
+
+def _weighted(values: np.ndarray, weights: np.ndarray) -> float:
+    """Weighted mean of the finite values (NaN if none)."""
+    finite = np.isfinite(values)
+    return float(weights[finite] @ values[finite] / weights[finite].sum()) if finite.any() else math.nan
 
 
 def interpolate(at: tuple[int, int], rows: list[pd.Series], ring: list[tuple[int, int]]) -> dict[str, float]:
     """The deciding metrics at `at`, weighted 1/distance^2 over the ring's finite values
-    (mc on `mc_scale`, returned on its own scale)."""
+    (mc averaged on `mc_scale`, returned on its own scale)."""
     weights = _weights(at, ring)
-    out = {}
-    for column, _, scale in DECIDING:
-        values = np.array([scale(float(r.get(column, math.nan))) for r in rows], dtype=np.float64)
-        finite = np.isfinite(values)
-        out[column] = float(weights[finite] @ values[finite] / weights[finite].sum()) if finite.any() else math.nan
+    out = {column: _weighted(_values(rows, column, scale), weights) for column, _, scale in DECIDING}
     if math.isfinite(out["mc_mean"]):
         out["mc_mean"] = math.copysign(math.expm1(abs(out["mc_mean"])), out["mc_mean"])
     return out
@@ -217,13 +228,10 @@ def margin(at: tuple[int, int], rows: list[pd.Series], ring: list[tuple[int, int
     for column, threshold, scale in DECIDING:
         if column == "log_train_loss" and has_hessian:
             continue
-        values = np.array([scale(float(r.get(column, math.nan))) for r in rows], dtype=np.float64)
-        finite = np.isfinite(values)
-        t = threshold(thresholds)
-        if finite.sum() < 2 or not values[finite].min() <= t < values[finite].max():
-            continue
-        value = weights[finite] @ values[finite] / weights[finite].sum()
-        margins.append(abs(value - t) / (values[finite].max() - values[finite].min()))
+        values = _values(rows, column, scale)
+        finite, t = values[np.isfinite(values)], threshold(thresholds)
+        if len(finite) >= 2 and finite.min() <= t < finite.max():
+            margins.append(abs(_weighted(values, weights) - t) / (finite.max() - finite.min()))
     return min(margins)
 
 
