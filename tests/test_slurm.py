@@ -84,7 +84,7 @@ def test_a_submitted_sweep_trains_every_model_once_on_the_node_and_leaves_nothin
     info = slurm.wait_until_finished(job, timeout=400)
     output = (tmp_path / "four" / "_slurm" / f"slurm-{job}.out").read_text()
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), output[-3000:]
-    assert "ray symmetric-run" in (tmp_path / "four" / "_slurm").glob("job-*.sbatch").__next__().read_text()
+    assert "ray symmetric-run" in next((tmp_path / "four" / "_slurm").glob("job-*.sbatch")).read_text()
     assert "done: 4 trained or measured, 0 skipped, 0 failed" in output
     address = re.search(r"Ray at (\S+) on 1 node", output).group(1)
     assert f"--address {address}" in output, "the sweep ran on the job's Ray, not one of its own"
