@@ -243,7 +243,9 @@ def plan(grid: Grid, classified: pd.DataFrame, pending: Iterable[Cell], settings
     with `thresholds` (`analysis.phases.classify`); `pending`: cells queued, running or
     partly recorded. The plan holds those, the coarse lattice, and the untrained cells
     whose ring disagrees, up to the budget. A cell whose ring holds a pending cell waits
-    for it: that cell may settle it.
+    for it: that cell may settle it. When the budget binds while cells are in flight, a
+    plan adds at most as many cells as are in flight: that keeps the workers busy and
+    leaves the rest of the budget to plans that know the cells still training.
     """
     known = _Known(grid, classified, [*grid.coarse(settings.stride), *pending])
     base = list(dict.fromkeys([*grid.coarse(settings.stride), *pending,
@@ -261,6 +263,8 @@ def plan(grid: Grid, classified: pd.DataFrame, pending: Iterable[Cell], settings
             continue
         doubt = margin(at, [known.rows[p] for p in ring], ring, thresholds)
         candidates.append((-distance, doubt, at[1], at[0], cell))
+    if len(candidates) > room and known.others:
+        room = min(room, len(known.others))
     return base + [c[-1] for c in sorted(candidates)[:room]]
 
 

@@ -101,8 +101,12 @@ def test_plan_trains_the_cells_between_disagreeing_neighbours_only():
     capped = plan(GRID, classified(coarse), [], RefineSettings(budget=11 / 25), PAPER)
     assert len(capped) == 11 and indices(capped[9:]) <= {(1, j) for j in range(5)}
     # A cell whose nearest cells include one still training waits for it.
-    waiting = plan(GRID, classified(coarse - {(2, 0)}), [(GRID.xs[2], GRID.ys[0])], RefineSettings(budget=1), PAPER)
+    in_flight = [(GRID.xs[2], GRID.ys[0])]
+    waiting = plan(GRID, classified(coarse - {(2, 0)}), in_flight, RefineSettings(budget=1), PAPER)
     assert (1, 0) not in indices(waiting) and (1, 1) not in indices(waiting) and (1, 2) in indices(waiting)
+    # When the budget binds, a plan spends no more than the cells in flight: the rest
+    # waits for what they tell.
+    assert len(plan(GRID, classified(coarse - {(2, 0)}), in_flight, RefineSettings(budget=11 / 25), PAPER)) == 10
     # An uncertain cell makes its untrained neighbours boundary cells even in one phase.
     one_phase = classified(coarse, phase_of=lambda i, j: "IV-B", uncertain={(4, 4)})
     assert indices(plan(GRID, one_phase, [], RefineSettings(budget=1), PAPER)) - coarse == {(3, 3), (3, 4), (4, 3)}
