@@ -15,6 +15,7 @@ from typing import Any
 
 from analysis.refine import RefineSettings
 from sweeps import driver
+from sweeps.interrupt import Interrupted
 from sweeps.presets import PRESETS, preset_values
 from sweeps.progress import job_label
 from sweeps.refine import Refiner
@@ -195,6 +196,9 @@ def main(study: str, description: str, argv: list[str] | None = None) -> int:
     except (ConfigError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Interrupted as exc:
+        print(exc.message, file=sys.stderr)
+        return exc.exit_code
     print(f"done: {summary.ran} trained or measured, {summary.skipped} skipped, "
           f"{summary.failed} failed, {summary.seconds:.1f}s")
     if refiner:

@@ -18,16 +18,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sweeps.interrupt import TUNE_SIGINT_ENV, Interrupted, stop_on_signals, stop_trials
 from sweeps.pairs import PairPlan, plan_pairs
 from sweeps.searcher import Extend, Job, SweepSearcher
 from sweeps.spec import SweepSpec
 from workers.catalog import TrialConfig
 from workers.errors import ConfigError
 from workers.packing.plan import PackPlan, PackPolicy, plan_packs
-from workers.records import DONE_TABLES, MEASURES, PAIRS, TRIALS, pending
+from workers.records import MEASURES, PAIRS, TRIALS, pending
 from workers.runtime import RunContext
 from workers.storage import Storage
-from workers.tables import compact_after_run, held_records
+from workers.tables import compact_after_run, quarantine_damaged
 
 Log = Callable[[str], None]
 # A refined sweep's further models, given those planned so far (sweeps.refine.Refiner.grow).
@@ -79,6 +80,11 @@ def pending_trials(configs: list[TrialConfig], storage: Storage) -> tuple[list[T
     return pending(configs, trained, set(storage.list_names(MEASURES, ".parquet"))), trained
 
 
+def unrecorded(configs: list[TrialConfig], storage: Storage) -> int:
+    """Models and seed pairs of `configs` with no record yet (a pack's job owes several)."""
+    return len(pending_trials(configs, storage)[0]) + len(pending_pairs(configs, storage))
+
+
 def pending_pairs(configs: list[TrialConfig], storage: Storage) -> list[PairPlan]:
     done = set(storage.list_names(PAIRS, ".parquet"))
     return [p for p in plan_pairs(configs) if p.key not in done]
@@ -114,9 +120,8 @@ def run(
     say = log or print
     storage = Storage.open(spec.storage).child(spec.name)
     with sweep_lock(storage):
-        for table in DONE_TABLES:
-            for relpath in storage.quarantine_unreadable(table, trusted=held_records(storage, table)):
-                say(f"warning: {relpath} was unreadable; moved to _quarantine/, will be recomputed")
+        for line in quarantine_damaged(storage):
+            say(line)
         grid, configs = configs, (configs if grow is None else grow([]))
         todo, trained = pending_trials(configs, storage)
         pairs = pending_pairs(configs, storage)
@@ -132,15 +137,23 @@ def run(
         axes = list(spec.axes())
         jobs = plan_jobs(packs, pairs, context)
         growth = _Growth(grow, grid, configs, storage, options.pack_policy(), context) if grow else None
-        if not jobs:
-            failed = 0
-        elif options.in_process:
-            failed = sum(_run_in_process(batch, axes, log) for batch in _batches(jobs, growth))
-        else:
-            failed_jobs = _run_with_tune(jobs, configs, todo, context, options, storage, axes, log, growth)
-            # what is still unrecorded, counted in models and pairs (a pack's job owes several)
-            owed = growth.configs if growth else configs
-            failed = len(pending_trials(owed, storage)[0]) + len(pending_pairs(owed, storage)) if failed_jobs else 0
+        owed = growth.configs if growth else configs  # grows while a refined sweep runs
+        if jobs and not options.in_process:
+            init_ray(options)  # first: Ray's own SIGTERM handler would replace the one installed next
+        try:
+            with stop_on_signals() as caught:
+                if not jobs:
+                    failed = 0
+                elif options.in_process:
+                    failed = sum(_run_in_process(batch, axes, log) for batch in _batches(jobs, growth))
+                else:
+                    failed_jobs = _run_with_tune(jobs, configs, todo, context, options, storage, axes, log, growth)
+                    failed = unrecorded(owed, storage) if failed_jobs else 0
+        except KeyboardInterrupt:
+            stop_trials()  # before the lock is released: no worker writes after it
+            left = unrecorded(owed, storage)
+            raise Interrupted(caught.signum, f"interrupted: {len(owed) + len(plan_pairs(owed)) - left} done, "
+                              f"{left} not run; rerun the same command to continue") from None
         for line in compact_after_run(storage):  # one file per table for readers (workers.tables)
             say(line)
     ran = len(todo) + len(pairs) + (growth.added if growth else 0)
@@ -342,14 +355,12 @@ def run_jobs(
     the number that failed. `trainable` defaults to the real trial function. With `extend`
     (a refined sweep, whose jobs grow as it runs, to at most `max_jobs`) all jobs run in
     one experiment."""
-    import ray
     from ray import tune
 
     from sweeps.resources import job_gpus
     from workers.tune_entry import tune_job
 
-    if not ray.is_initialized():
-        ray.init(address=options.address, include_dashboard=False, logging_level="WARNING")
+    init_ray(options)
     # Tune's result grid looks for the per-trial logs turned off below and warns once per
     # trial; the Parquet records are what we read, so that warning is noise.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
@@ -360,7 +371,7 @@ def run_jobs(
     stamp = int(time.time())
     failed = 0
     with (_env_default(PENDING_ENV, str(options.max_concurrent or MAX_PENDING_TRIALS)),
-          _env_default(NO_TRIAL_LOGS_ENV, "1")):
+          _env_default(NO_TRIAL_LOGS_ENV, "1"), _env_default(TUNE_SIGINT_ENV, "1")):
         for i, shard in enumerate(shards):
             tuner = tune.Tuner(
                 function,
@@ -381,6 +392,14 @@ def run_jobs(
             )
             failed += sum(1 for r in tuner.fit() if r.error is not None)
     return failed
+
+
+def init_ray(options: RunOptions) -> None:
+    """Connect to `--address`, or start an embedded Ray, unless already connected."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=options.address, include_dashboard=False, logging_level="WARNING")
 
 
 def exit_code(summary: RunSummary) -> int:

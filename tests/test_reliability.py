@@ -109,6 +109,28 @@ def test_killed_driver_then_rerun_completes_the_grid_once(tmp_path):
     assert len(pd.read_parquet(trials)) == 6  # what any Parquet reader sees: no temp files
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_sweep_says_so_stops_its_trials_and_a_rerun_finishes_it(tmp_path, signum, code):
+    args = [*SMALL, "--set", "seed=0,1,2,3,4,5", "--set", "epochs=3", "--set", "milestones=2",
+            "--max-concurrent", "1", "--pack", "off"]
+    proc = cli(tmp_path, *args)
+    trials = tmp_path / "s" / "trials"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(trials.glob("*.parquet"))) < 1:
+        time.sleep(0.2)
+    proc.send_signal(signum)  # the driver alone, as `kill` or Slurm would; Ctrl-C reaches it the same way
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == code, out
+    done = int(re.search(r"interrupted: (\d+) done, (\d+) not run; rerun the same command to continue", out).group(1))
+    assert "Tuner.restore" not in out and "done:" not in out
+    time.sleep(3)  # nothing writes after the driver is gone
+    recorded = len(list(trials.glob("*.parquet")))
+    assert 1 <= done == recorded < 6
+    rerun = finish(cli(tmp_path, *args))
+    assert f"{done} already done, {6 - done} to run" in rerun
+    assert sorted(load_sweep(str(tmp_path / "s")).trials["seed"]) == [0, 1, 2, 3, 4, 5]
+
+
 def _tiny_spec(tiny: dict, storage: Path, **values) -> SweepSpec:
     return SweepSpec("taxonomy", "demo", "s", str(storage), {**tiny, "metrics": [], **values})
 

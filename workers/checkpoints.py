@@ -6,16 +6,22 @@ checkpoint a crashed trial resumes from and is removed once the trial's record e
 late-phase members collapsed); `final["late_phase_members"]` keeps every member, and
 `last["hooks"]` holds each training variant's state (optimizers of all members, SWA's
 running average), so a resumed trial continues exactly.
-Loading uses `weights_only=True`, so a checkpoint cannot run code.
+Loading uses `weights_only=True`, so a checkpoint cannot run code (such a file is
+refused with an `UnpicklingError` naming it); a checkpoint that cannot be read is a
+`CheckpointError` naming it, and `load_or_quarantine` turns it into "not there", so the
+work that wrote it is done again.
 """
 
 from __future__ import annotations
 
 import io
+import pickle
+import sys
 from typing import Any
 
 import torch
 
+from workers.errors import CheckpointError
 from workers.storage import Storage
 
 
@@ -35,10 +41,29 @@ def exists(storage: Storage, trial_key: str, name: str) -> bool:
 
 def load(storage: Storage, trial_key: str, name: str, device: str = "cpu") -> dict[str, Any] | None:
     """The saved state, or None if that checkpoint does not exist."""
-    if not storage.exists(_path(trial_key, name)):
+    relpath = _path(trial_key, name)
+    if not storage.exists(relpath):
         return None
-    data = storage.read_bytes(_path(trial_key, name))
-    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    data = storage.read_bytes(relpath)
+    try:
+        return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):  # it would run code: refuse, never repair
+            raise pickle.UnpicklingError(f"{storage.path(relpath)}: {exc}") from None
+        raise CheckpointError(f"{storage.path(relpath)} cannot be read: {exc}") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise CheckpointError(f"{storage.path(relpath)} cannot be read: {exc}") from None
+
+
+def load_or_quarantine(storage: Storage, trial_key: str, name: str, device: str = "cpu") -> dict[str, Any] | None:
+    """`load`, but a damaged checkpoint is moved to `_quarantine/` and named on stderr
+    (once: it is gone afterwards), and None is returned as for a missing one."""
+    try:
+        return load(storage, trial_key, name, device)
+    except CheckpointError as exc:
+        storage.quarantine(_path(trial_key, name))
+        print(f"warning: {exc}; moved to _quarantine/, recomputing it", file=sys.stderr)
+        return None
 
 
 def remove(storage: Storage, trial_key: str, name: str) -> None:

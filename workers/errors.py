@@ -16,3 +16,7 @@ class ConfigError(ValueError):
 
 class StorageError(OSError):
     """The sweep storage cannot be written or read (permissions, full disk, bad URI)."""
+
+
+class CheckpointError(StorageError):
+    """A checkpoint file exists but cannot be loaded (truncated, garbled): names the file."""

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from typing import Any
 
+import torch
+
 from workers.catalog import TrialConfig
-from workers.data import prepare
+from workers.data import Splits, prepare
 from workers.pair_metrics import PAIR_METRICS, PairContext, pair_metrics
 from workers.records import (
     CURVES,
@@ -34,8 +37,9 @@ from workers.records import (
     record_path,
     to_table,
 )
-from workers.runtime import RunContext, open_job, seed_everything, trained_model
+from workers.runtime import Job, RunContext, open_job, seed_everything, trained_model
 from workers.storage import Storage
+from workers.trial import forget_training, run_trial
 
 NAN = float("nan")
 
@@ -63,7 +67,7 @@ def run_pair(cfg_a: TrialConfig, cfg_b: TrialConfig, with_mc: bool, ctx: RunCont
     else:
         seed_everything(1_000 * cfg_a.train.seed + cfg_b.train.seed)
         splits = prepare(cfg_a.data, job.device)
-        model_a, model_b = (trained_model(job.storage, c, splits, job.device) for c in (cfg_a, cfg_b))
+        model_a, model_b = (_trained(c, ctx, splits, job) for c in (cfg_a, cfg_b))
         context = PairContext(cfg_a, splits, (cfg_a.train.seed, cfg_b.train.seed))
         for name in metrics:  # a diverged measurement marks the row; the others still run
             row.update(_measure(name, model_a, model_b, context, job.storage, base))
@@ -71,6 +75,20 @@ def run_pair(cfg_a: TrialConfig, cfg_b: TrialConfig, with_mc: bool, ctx: RunCont
     row.update(provenance(job.device, ctx.code_version))
     job.storage.write_table(PAIRS, key, to_table([row]))
     return row
+
+
+def _trained(cfg: TrialConfig, ctx: RunContext, splits: Splits, job: Job) -> torch.nn.Module:
+    """A model of the pair from its `final` checkpoint; if that is lost, the model (and
+    its metrics) is trained again first, never replaced by fresh weights."""
+    model = trained_model(job.storage, cfg, splits, job.device)
+    if model is None:
+        print(f"warning: model {cfg.trial_key} of this pair has lost its final checkpoint; training it again",
+              file=sys.stderr)
+        forget_training(job.storage, cfg.trial_key)
+        run_trial(cfg, ctx)
+        model = trained_model(job.storage, cfg, splits, job.device)
+        assert model is not None, f"model {cfg.trial_key} was trained again but wrote no final checkpoint"
+    return model
 
 
 def _unmeasured() -> dict[str, float]:

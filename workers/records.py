@@ -53,6 +53,18 @@ def record_path(table: str, name: str) -> str:
     return f"{table}/{name}.parquet"
 
 
+def owning_record(table: str, name: str) -> tuple[str, str] | None:
+    """For a record of a long table, the done-record of the work that wrote it: a
+    model's history belongs to its trials row, a metric's curve (named by its measure
+    key, one dot) to its measures row, a pair metric's curve (`<pair_key>.<metric>`) to
+    its pairs row. Removing that record makes the next run write both again."""
+    if table == HISTORY:
+        return TRIALS, name
+    if table == CURVES:
+        return (MEASURES, name) if name.count(".") == 1 else (PAIRS, name.rpartition(".")[0])
+    return None
+
+
 def measure_key(cfg: TrialConfig, metric: str) -> str:
     """Record name of one metric on one model: trial key, metric, hash of its options."""
     return f"{cfg.trial_key}.{metric}-{settings_hash(cfg.sections[metric])}"

@@ -70,10 +70,12 @@ def new_model(cfg: TrialConfig, splits: Splits, device: str) -> torch.nn.Module:
                        init_scale=m.init_scale).to(device)
 
 
-def trained_model(storage: Storage, cfg: TrialConfig, splits: Splits, device: str) -> torch.nn.Module:
-    """The model `cfg` trained to, from its `final` checkpoint."""
-    state = checkpoints.load(storage, cfg.trial_key, "final", device)
-    assert state is not None, f"trial {cfg.trial_key} is done but has no final checkpoint"
+def trained_model(storage: Storage, cfg: TrialConfig, splits: Splits, device: str) -> torch.nn.Module | None:
+    """The model `cfg` trained to, from its `final` checkpoint; None when that is missing
+    or damaged (a damaged one is moved to `_quarantine/` and named)."""
+    state = checkpoints.load_or_quarantine(storage, cfg.trial_key, "final", device)
+    if state is None:
+        return None
     model = new_model(cfg, splits, device)
     model.load_state_dict(state["model"])
     return model

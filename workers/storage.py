@@ -5,6 +5,10 @@ written under a temporary name starting with `.` (which pyarrow dataset discover
 our listings skip) and renamed into place, so a reader sees either nothing or the whole
 file. On an object store a single PUT of the whole object gives the same guarantee.
 Nothing is ever appended. Imports only pyarrow, so `analysis` can use it without torch.
+
+Parquet files are written with a CRC checksum per page and read with checksum
+verification (`read_parquet`), so a page garbled after the write is an error naming the
+file, not a wrong number: a damaged footer alone is not the only damage caught.
 """
 
 from __future__ import annotations
@@ -22,6 +26,18 @@ import pyarrow.parquet as pq
 from workers.errors import StorageError
 
 FileStamp = tuple[int, int]  # (size in bytes, mtime in ns) of a finished file, from a listing
+
+
+def parquet_bytes(data: pa.Table, **options) -> bytes:
+    """A Parquet file of `data` with page checksums (see module docstring)."""
+    buffer = io.BytesIO()
+    pq.write_table(data, buffer, write_page_checksum=True, **options)
+    return buffer.getvalue()
+
+
+def read_parquet(data: bytes) -> pa.Table:
+    """Every row of a Parquet file, each page's checksum verified (where it has one)."""
+    return pq.read_table(io.BytesIO(data), page_checksum_verification=True)
 
 
 def is_uri(location: str) -> bool:
@@ -113,7 +129,7 @@ class Storage:
         return sorted(self.list_files(folder, suffix))
 
     def quarantine_unreadable(self, folder: str, trusted: Mapping[str, FileStamp] | None = None) -> list[str]:
-        """Move Parquet files of `folder` whose footer cannot be read to `_quarantine/`.
+        """Move Parquet files of `folder` that cannot be read whole to `_quarantine/`.
 
         Our writes are atomic, so a damaged file means outside harm (a disk fault, a
         copy cut short); moving it away makes the next run recompute that record.
@@ -127,19 +143,21 @@ class Storage:
                 continue
             relpath = f"{folder}/{name}.parquet"
             try:
-                with self.fs.open_input_file(self.path(relpath)) as f:
-                    pq.read_metadata(f)
+                read_parquet(self.read_bytes(relpath))
             except (pa.ArrowException, OSError):
-                self.fs.create_dir(self.path(f"_quarantine/{folder}"), recursive=True)
-                self.fs.move(self.path(relpath), self.path(f"_quarantine/{relpath}"))
+                self.quarantine(relpath)
                 moved.append(relpath)
         return sorted(moved)
 
+    def quarantine(self, relpath: str) -> None:
+        """Move one file to `_quarantine/<relpath>` (kept for inspection, out of every
+        listing), so the work that wrote it is done again."""
+        self.fs.create_dir(self.path(f"_quarantine/{relpath.rpartition('/')[0]}"), recursive=True)
+        self.fs.move(self.path(relpath), self.path(f"_quarantine/{relpath}"))
+
     def write_table(self, table: str, key: str, data: pa.Table) -> None:
         """Write one record file `<table>/<key>.parquet`."""
-        buffer = io.BytesIO()
-        pq.write_table(data, buffer)
-        self.write_bytes(f"{table}/{key}.parquet", buffer.getvalue())
+        self.write_bytes(f"{table}/{key}.parquet", parquet_bytes(data))
 
     def read_table(self, table: str, key: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.read_bytes(f"{table}/{key}.parquet")))
+        return read_parquet(self.read_bytes(f"{table}/{key}.parquet"))

@@ -24,7 +24,6 @@ noticed; a recomputed record takes a training run, so this does not happen in a 
 
 from __future__ import annotations
 
-import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,8 +35,8 @@ import pyarrow.parquet as pq
 
 from workers.config import SCHEMA_VERSION
 from workers.errors import StorageError
-from workers.records import TABLES
-from workers.storage import FileStamp, Storage
+from workers.records import CURVES, HISTORY, MEASURES, PAIRS, TABLES, TRIALS, owning_record, record_path
+from workers.storage import FileStamp, Storage, parquet_bytes, read_parquet
 
 FOLDER = "tables"  # `<sweep>/tables/<table>.parquet`
 LAYOUT_VERSION = 1  # of the consolidated file and its manifest
@@ -99,7 +98,7 @@ def _open_consolidated(storage: Storage, table: str, with_data: bool) -> tuple[l
     relpath = consolidated_path(table)
     try:
         with storage.fs.open_input_file(storage.path(relpath)) as f:
-            parquet = pq.ParquetFile(f)
+            parquet = pq.ParquetFile(f, page_checksum_verification=True)
             records = _manifest(parquet.metadata, table)
             return records, parquet.read() if with_data else None
     except FileNotFoundError:
@@ -121,7 +120,7 @@ def held_records(storage: Storage, table: str) -> dict[str, FileStamp]:
 def _read_records(storage: Storage, table: str, names: list[str]) -> list[pa.Table | Exception]:
     def read(name: str) -> pa.Table | Exception:
         try:
-            return pq.read_table(io.BytesIO(storage.read_bytes(f"{table}/{name}.parquet")))
+            return read_parquet(storage.read_bytes(f"{table}/{name}.parquet"))
         except (pa.ArrowException, OSError) as exc:
             return exc
 
@@ -187,10 +186,9 @@ def compact(storage: Storage, table: str) -> TableRead | None:
         return read
     manifest = {"layout_version": LAYOUT_VERSION, "schema_version": SCHEMA_VERSION, "table": table,
                 "records": read.records}
-    buffer = io.BytesIO()
-    pq.write_table(read.data.replace_schema_metadata({MANIFEST_KEY: json.dumps(manifest)}), buffer,
-                   row_group_size=ROW_GROUP_ROWS, use_dictionary=True, write_statistics=True)
-    storage.write_bytes(consolidated_path(table), buffer.getvalue())
+    data = read.data.replace_schema_metadata({MANIFEST_KEY: json.dumps(manifest)})
+    storage.write_bytes(consolidated_path(table), parquet_bytes(
+        data, row_group_size=ROW_GROUP_ROWS, use_dictionary=True, write_statistics=True))
     return read
 
 
@@ -221,3 +219,19 @@ def compact_after_run(storage: Storage) -> list[str]:
         return [describe(table, read) for table, read in compact_sweep(storage).items() if read is not None]
     except StorageError as exc:
         return [f"warning: tables not consolidated: {exc}"]
+
+
+def quarantine_damaged(storage: Storage) -> list[str]:
+    """Move every record file that cannot be read whole (checksums verified) to
+    `_quarantine/`, together with the done-record of a damaged history or curve, so the
+    next run recomputes them; returns one line per file moved, naming it. Records the
+    consolidated file holds at their listed size and mtime are known good and not read."""
+    lines = []
+    for table in (TRIALS, MEASURES, PAIRS, HISTORY, CURVES):
+        for relpath in storage.quarantine_unreadable(table, trusted=held_records(storage, table)):
+            lines.append(f"warning: {relpath} was unreadable; moved to _quarantine/, will be recomputed")
+            owner = owning_record(table, relpath[len(table) + 1:-len(".parquet")])
+            if owner is not None and storage.exists(record_path(*owner)):
+                storage.quarantine(record_path(*owner))
+                lines.append(f"warning: {record_path(*owner)} moved to _quarantine/ with it, to be recomputed")
+    return lines

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -96,19 +97,43 @@ def run_trial(cfg: TrialConfig, ctx: RunContext, solo_reason: str = "") -> dict[
     seed_everything(cfg.train.seed)
     splits = prepare(cfg.data, job.device)
     model = new_model(cfg, splits, job.device)  # initialised from the seed alone
-    if row is not None:
-        final = checkpoints.load(storage, key, "final", job.device)
-        if final is not None:
-            model.load_state_dict(final["model"])
-    else:
+    weights = _stored_weights(storage, key, job.device) if row is not None else None
+    if row is not None and weights is None:  # recorded, but its weights are gone: train it again
+        forget_training(storage, key)
+        row = None
+    if row is None:
         trained = _train(cfg, ctx.sweep, storage, splits, model, job.device, solo_columns(solo_reason))
         row = record_trained(cfg, ctx, storage, splits, trained, started)
+        weights = (None, checkpoints.load(storage, key, "init", job.device))
+    else:
+        model.load_state_dict(weights[0]["model"])
 
     if row["status"] == "ok" and todo:
-        init = checkpoints.load(storage, key, "init", job.device)
         for metric in todo:
-            row.update(_measure(cfg, ctx, storage, metric, model, splits, init["model"], job.device))
+            row.update(_measure(cfg, ctx, storage, metric, model, splits, weights[1]["model"], job.device))
     return row
+
+
+def _stored_weights(storage: Storage, key: str, device: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The `final` and `init` checkpoints a trained model's metrics need, or None (named
+    on stderr) when either is missing or damaged: measuring fresh weights instead would
+    record a wrong number as valid."""
+    final = checkpoints.load_or_quarantine(storage, key, "final", device)
+    init = checkpoints.load_or_quarantine(storage, key, "init", device)
+    if final is None or init is None:
+        lost = " and ".join(name for name, state in (("final", final), ("init", init)) if state is None)
+        print(f"warning: model {key} is recorded as trained but its {lost} checkpoint is missing or damaged; "
+              "training it again", file=sys.stderr)
+        return None
+    return final, init
+
+
+def forget_training(storage: Storage, key: str) -> None:
+    """Move a model's `trials` and `history` records to `_quarantine/`: they describe
+    weights that are lost, and the next run of the model writes them again."""
+    for table in (TRIALS, HISTORY):
+        if storage.exists(record_path(table, key)):
+            storage.quarantine(record_path(table, key))
 
 
 def solo_columns(reason: str) -> dict[str, Any]:
@@ -159,7 +184,7 @@ def _start(
 ) -> tuple[TrainingHooks, EpochLog]:
     """The hooks on `model` and the epoch log, restored from the `last` checkpoint of a
     killed run if there is one; a fresh start saves `init` (theta_0) instead."""
-    last = checkpoints.load(storage, cfg.trial_key, "last", device)
+    last = checkpoints.load_or_quarantine(storage, cfg.trial_key, "last", device)  # damaged: start over
     if last is None and cfg.model.init_from:
         load_start(model, cfg.model.init_from)
     hooks = training_hooks(cfg, model, fast)  # ALI-G projects the starting weights here

@@ -156,7 +156,7 @@ class PackLog:
         """A fresh log (saving each member's `init`), or the one of the `last` checkpoint
         a killed run left, with the pack's weights and optimizer state restored."""
         log = cls(cfgs, storage, packed, optimizer, bases, [[] for _ in cfgs], [0] * len(cfgs))
-        last = checkpoints.load(storage, log.key, "last", device)
+        last = checkpoints.load_or_quarantine(storage, log.key, "last", device)  # damaged: start over
         if last is None:
             for g, cfg in enumerate(cfgs):
                 checkpoints.save(storage, cfg.trial_key, "init", {"model": member_state(packed, g, len(cfgs))})

@@ -1,0 +1,92 @@
+"""Damage is detected in every table and checkpoint and repaired by recomputing, never
+by measuring something else: a lost `final` means training again, a garbled page in a
+record with an intact footer is caught by its checksum, a damaged history or curve takes
+its done-record with it, a damaged `last` means resuming from scratch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from analysis import load_sweep
+from sweeps.driver import RunOptions, run
+from sweeps.spec import SweepSpec
+from workers.catalog import TrialConfig
+from workers.runtime import RunContext
+from workers.trial import run_trial
+
+HESSIAN = {"metrics": ["hessian"], "hessian.n_samples": 64, "hessian.max_iter": 20, "hessian.trace_probes": 0}
+
+
+def _run(flat: dict, storage: Path) -> dict:
+    return run_trial(TrialConfig.from_flat(flat), RunContext(storage=str(storage), sweep="t", threads=1))
+
+
+def _garble(path: Path, at: int = 24, n: int = 8) -> None:
+    """Flip `n` bytes inside the file's first data page; the footer stays intact."""
+    data = bytearray(path.read_bytes())
+    for i in range(at, at + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_lost_final_checkpoint_means_training_again_not_measuring_fresh_weights(tiny, tmp_path, damage, capfd):
+    clean = _run({**tiny, **HESSIAN}, tmp_path / "clean")
+    _run({**tiny, "metrics": []}, tmp_path / "s")  # trained, not measured yet
+    key = TrialConfig.from_flat(tiny).trial_key
+    final = tmp_path / "s" / "checkpoints" / key / "final.pt"
+    final.unlink() if damage == "missing" else final.write_bytes(final.read_bytes()[:200])
+    row = _run({**tiny, **HESSIAN}, tmp_path / "s")
+    assert row["hessian_top_eigenvalue"] == pytest.approx(clean["hessian_top_eigenvalue"], rel=1e-6)
+    assert "training it again" in capfd.readouterr().err
+    assert (tmp_path / "s" / "_quarantine" / "trials" / f"{key}.parquet").exists()
+    assert len(load_sweep(str(tmp_path / "s")).trials) == 1
+
+
+def test_a_damaged_last_checkpoint_is_named_once_and_training_starts_over(tiny, tmp_path, capfd):
+    key = TrialConfig.from_flat(tiny).trial_key
+    last = tmp_path / "s" / "checkpoints" / key / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 not a checkpoint")
+    row = _run({**tiny, "metrics": []}, tmp_path / "s")
+    assert row["status"] == "ok" and row["resumed_from_epoch"] == 0
+    assert f"{last}" in capfd.readouterr().err and not last.exists()
+    assert (tmp_path / "s" / "_quarantine" / "checkpoints" / key / "last.pt").exists()
+
+
+def _spec(tiny: dict, storage: Path, **values) -> SweepSpec:
+    return SweepSpec("taxonomy", "demo", "s", str(storage), {**tiny, "metrics": [], **values})
+
+
+def test_a_garbled_page_behind_an_intact_footer_is_caught_and_recomputed(tiny, tmp_path):
+    spec = _spec(tiny, tmp_path, seed=[0, 1])
+    configs = spec.trials()
+    run(spec, configs, RunOptions(in_process=True), log=lambda line: None)
+    record = tmp_path / "s" / "trials" / f"{configs[0].trial_key}.parquet"
+    _garble(record)
+    lines: list[str] = []
+    summary = run(spec, configs, RunOptions(in_process=True), log=lines.append)
+    assert summary.ran == 1 and any(f"trials/{configs[0].trial_key}.parquet" in line for line in lines)
+    sweep = load_sweep(str(tmp_path / "s"))
+    assert len(sweep.trials) == 2 and not sweep.skipped
+
+
+def test_a_damaged_history_or_curve_is_recomputed_with_its_record(tiny, tmp_path):
+    spec = _spec(tiny, tmp_path, seed=0, metrics=["interpolation"], **{"interpolation.points": 3,
+                                                                        "interpolation.eval_samples": 32})
+    configs = spec.trials()
+    run(spec, configs, RunOptions(in_process=True), log=lambda line: None)
+    key = configs[0].trial_key
+    folder = tmp_path / "s"
+    (folder / "history" / f"{key}.parquet").write_bytes(b"garbage")
+    curve = next((folder / "curves").glob(f"{key}.interpolation-*.parquet"))
+    curve.write_bytes(b"garbage")
+    lines: list[str] = []
+    summary = run(spec, configs, RunOptions(in_process=True), log=lines.append)
+    assert summary.ran == 1
+    assert sum("moved to _quarantine/ with it" in line for line in lines) == 2  # trials row, measures row
+    sweep = load_sweep(str(folder))
+    assert not sweep.skipped and sweep.history["epoch"].tolist() == [1, 2]
+    assert len(sweep.measures) == 1 and len(sweep.curves) > 0
