@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+import pyarrow as pa
+
 from analysis.load import load_sweep
 from analysis.summary import cell_table, format_cells
 from analysis.yang2021 import ArchiveError, import_archive
 from workers.errors import ConfigError
 from workers.safe_pickle import UnsafePickleError
 
+ALL_HELP = "read the records of every spec run in the folder, not only the latest spec's"
+
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    sweep = load_sweep(args.path)
+    sweep = load_sweep(args.path, args.all)
     print(f"{sweep.path}: {len(sweep.trials)} models")
     print(format_cells(cell_table(sweep)))
     return 0
@@ -22,7 +26,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from analysis.status import format_status
 
-    print(format_status(load_sweep(args.path)))
+    print(format_status(load_sweep(args.path, args.all)))
     return 0
 
 
@@ -53,7 +57,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import ReportOptions, phase_grid, write_report  # matplotlib: only when needed
 
     options = ReportOptions(x=args.x, y=args.y, fixed=_pairs_of(args.fix, "--fix"), thresholds=args.thresholds,
-                            overrides=_pairs_of(args.threshold, "--threshold"))
+                            overrides=_pairs_of(args.threshold, "--threshold"), all_specs=args.all)
     report = write_report(args.path, args.out, options)
     print(phase_grid(report.cells, report.x, report.y).to_string())
     print(f"wrote {len(report.files)} files to {args.out} (summary: {report.files['summary']})")
@@ -100,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser("summary", help="one row per grid cell: seeds, mean ± std of losses/accuracies")
     summary.add_argument("path", help="sweep folder (e.g. results/taxonomy-demo) or URI")
+    summary.add_argument("--all", action="store_true", help=ALL_HELP)
     summary.set_defaults(run=cmd_summary)
     status = commands.add_parser("status", help="done / diverged / failed / missing per table; failed jobs with errors")
     status.add_argument("path", help="sweep folder or URI")
+    status.add_argument("--all", action="store_true", help=ALL_HELP)
     status.set_defaults(run=cmd_status)
     compact = commands.add_parser("compact", help="write each table as one Parquet file under PATH/tables/ "
                                   "(readers take it plus the records it lacks)")
@@ -110,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     compact.set_defaults(run=cmd_compact)
     report = commands.add_parser("report", help="phase diagram, metric heatmaps and a Markdown summary")
     report.add_argument("path", help="sweep folder or URI (or an imported reference, see import-yang2021)")
+    report.add_argument("--all", action="store_true", help=ALL_HELP)
     report.add_argument("--out", required=True, help="folder for the PNGs, cells.csv and summary.md")
     report.add_argument("--x", help="horizontal axis (default: width)")
     report.add_argument("--y", help="vertical axis, small values at the top (default: batch_size)")
@@ -143,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, ArchiveError, UnsafePickleError) as exc:  # bad input: say what, no traceback
+    except (ConfigError, ArchiveError, UnsafePickleError, OSError) as exc:  # bad input: say what, no traceback
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except pa.ArrowException as exc:  # records that cannot be read together, e.g. mismatched column types
+        print(f"error: the sweep's records cannot be read as one table: {exc}", file=sys.stderr)
         return 2
 
 

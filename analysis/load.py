@@ -8,7 +8,8 @@ config, outcome and landscape scalars. The long tables (`history`, `curves`: a r
 epoch or curve point, each with the full config) are read on first use: at 10,000
 models they hold 340,000 rows whose decoding alone costs seconds, and summaries, phases
 and `status` never touch them. A file that cannot be read is reported and left out
-instead of failing the whole analysis.
+instead of failing the whole analysis. Only the records of the folder's latest spec are
+read unless asked for all of them (`analysis.lens`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.lens import Lens, describe_others, read_lens
+from workers.errors import ConfigError
 from workers.records import (
     CURVES,
     FAILURES,
@@ -56,6 +59,8 @@ class Sweep:
     skipped: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # consolidated tables not used, and why
     long: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)  # LONG_TABLES read so far
+    lens: Lens | None = None  # the records of the spec read; None: every record of the folder
+    others: str = ""  # one line on the models of other specs left out ("" if none)
 
     @property
     def history(self) -> pd.DataFrame:
@@ -69,7 +74,7 @@ class Sweep:
         if table not in self.long:
             read = read_table(Storage.open(self.path), table)
             _report([read], self)
-            self.long[table] = read.data.to_pandas()
+            self.long[table] = _through(self.lens, read)[0]
         return self.long[table]
 
     def axes(self) -> list[str]:
@@ -124,15 +129,43 @@ def _join_measures(trials: pd.DataFrame, measures: pd.DataFrame) -> pd.DataFrame
     return trials.merge(per_trial, on="trial_key", how="left")
 
 
-def load_sweep(path: str) -> Sweep:
-    """Load a sweep folder (local path or URI) written by `sweeps/*.py` or an importer."""
+def load_sweep(path: str, all_specs: bool = False) -> Sweep:
+    """Load a sweep folder (local path or URI) written by `sweeps/*.py` or an importer:
+    the records of its latest spec, or with `all_specs` every record it holds."""
     storage = Storage.open(path)
-    spec: dict[str, Any] = {}
-    if storage.exists("spec.json"):
-        spec = json.loads(storage.read_bytes("spec.json"))
+    spec = _read_spec(storage)
+    lens = None if all_specs else read_lens(storage, spec)
     reads = read_tables(storage, tuple(t for t in TABLES if t not in LONG_TABLES))
-    frames = {table: read.data.to_pandas() for table, read in reads.items()}
-    trials = _join_measures(frames[TRIALS], frames[MEASURES])
-    sweep = Sweep(storage.uri, spec, trials, frames[PAIRS], frames[MEASURES], frames[FAILURES])
+    if not spec and not any(read.records or read.skipped for read in reads.values()):
+        raise ConfigError("PATH", f"{storage.uri} is not a sweep folder (no spec.json, no record files)")
+    frames = {table: _through(lens, read) for table, read in reads.items()}
+    trials = _join_measures(frames[TRIALS][0], frames[MEASURES][0])
+    sweep = Sweep(storage.uri, spec, trials, frames[PAIRS][0], frames[MEASURES][0], frames[FAILURES][0],
+                  lens=lens, others=describe_others(frames[TRIALS][1], spec.get("values", {})))
     _report(list(reads.values()), sweep)
+    if sweep.others:
+        print(f"note: {sweep.others}", file=sys.stderr)
     return sweep
+
+
+def _read_spec(storage: Storage) -> dict[str, Any]:
+    """`spec.json` ({} for a folder without one, e.g. imported records)."""
+    if not storage.exists("spec.json"):
+        return {}
+    try:
+        spec = json.loads(storage.read_bytes("spec.json"))
+    except ValueError as exc:
+        raise ConfigError("PATH", f"{storage.path('spec.json')} is damaged ({exc}); rerunning the sweep's "
+                                  "command writes it again") from None
+    if not isinstance(spec, dict):
+        raise ConfigError("PATH", f"{storage.path('spec.json')} is damaged (not a JSON object)")
+    return spec
+
+
+def _through(lens: Lens | None, read: TableRead) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of `read` that belong to the lens's spec, and the others."""
+    frame = read.data.to_pandas()
+    if lens is None or frame.empty:
+        return frame, frame.iloc[0:0]
+    keep = lens.mask(read.table, read.row_names())
+    return frame[keep].reset_index(drop=True), frame[~keep].reset_index(drop=True)

@@ -50,6 +50,7 @@ class ReportOptions:
     fixed: dict[str, str] = field(default_factory=dict)
     thresholds: str = "paper"  # "paper" (calibrated defaults) or "auto"
     overrides: dict[str, str] = field(default_factory=dict)  # threshold name -> value
+    all_specs: bool = False  # every record of the folder, not only the latest spec's (analysis.lens)
 
 
 def phase_grid(cells: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -72,7 +73,7 @@ class Report:
 
 def write_report(path: str, out: str, options: ReportOptions = ReportOptions()) -> Report:
     """Write phase_diagram.png, heatmap_*.png, cells.csv and summary.md into `out`."""
-    sweep = load_sweep(path)
+    sweep = load_sweep(path, options.all_specs)
     if sweep.trials.empty:
         raise ConfigError("PATH", f"{path}: no trials records found")
     x, y = diagram_axes([a for a in sweep.axes() if a not in options.fixed], options.x, options.y)

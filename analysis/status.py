@@ -51,7 +51,8 @@ def failed_jobs(sweep: Sweep) -> pd.DataFrame:
 
 
 def table_status(sweep: Sweep) -> list[TableStatus]:
-    expected = expected_counts(sweep.spec)
+    lens = sweep.lens
+    expected = expected_counts(sweep.spec) if lens is None else {t: len(keys) for t, keys in lens.done.items()}
     failed = failed_jobs(sweep)
     n_failed = failed["kind"].value_counts().to_dict() if not failed.empty else {}
     statuses = sweep.trials["status"] if "status" in sweep.trials else pd.Series(dtype=str)
@@ -76,6 +77,8 @@ def format_status(sweep: Sweep) -> str:
         lines += [f"  {row.kind} {row.key}: {row.error}" for row in failed.itertuples()]
     if sweep.skipped:
         lines.append("unreadable files (skipped): " + ", ".join(sweep.skipped))
+    if sweep.others:
+        lines.append(sweep.others)
     if sweep.ignored:
         lines.append("consolidated tables ignored (records read instead; `python -m analysis compact` "
                      "rebuilds them): " + "; ".join(sweep.ignored))

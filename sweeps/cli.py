@@ -15,6 +15,7 @@ from typing import Any
 
 from analysis.refine import RefineSettings
 from sweeps import driver
+from sweeps.feasibility import check_before_start
 from sweeps.interrupt import Interrupted
 from sweeps.presets import PRESETS, preset_values
 from sweeps.progress import job_label
@@ -77,6 +78,9 @@ def build_parser(study: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--gpus-per-trial", type=_gpus_setting, default=0.0,
                         help="GPUs per trial: a number (fractions share a GPU) or 'auto' to derive it "
                         "from each model's width, see sweeps/resources.py (default: 0)")
+    parser.add_argument("--wait-for-resources", type=_positive_number(float), default=300.0, metavar="SECONDS",
+                        help="with --address: how long to wait for a node that can run one trial (an autoscaler "
+                        "may be adding it) before stopping the sweep (default: 300)")
     parser.add_argument("--max-retries", type=_positive_number(int), default=2,
                         help="retries of a failing trial (a killed worker resumes from its last epoch; default: 2)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -103,15 +107,24 @@ def build_parser(study: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+MAX_NAME = 100  # characters of a sweep's folder name: it prefixes every Tune experiment's name
+PSEUDO_FILE_SYSTEMS = ("/proc", "/sys", "/dev")  # accept writes of a kind, keep nothing
+
+
 def spec_from_args(study: str, args: argparse.Namespace) -> SweepSpec:
     values = preset_values(study, args.preset)
+    given: set[str] = set()
     for text in args.overrides:
         key, value = parse_assignment(text)
+        if key in given:
+            raise ConfigError(key, "given twice with --set; give it once (a comma list makes an axis)")
+        given.add(key)
         values[key] = value
     spec = SweepSpec(study=study, preset=args.preset, name=args.name or f"{study}-{args.preset}",
                      storage=args.storage, values=values)
-    if "/" in spec.name or spec.name.startswith((".", "_")) or not spec.name:
-        raise ConfigError("--name", f"must be a plain folder name (no '/', not starting with . or _), got {spec.name!r}")
+    if "/" in spec.name or spec.name.startswith((".", "_")) or not spec.name or len(spec.name) > MAX_NAME:
+        raise ConfigError("--name", f"must be a plain folder name of 1 to {MAX_NAME} characters (no '/', not "
+                                    f"starting with . or _), got {spec.name!r}")
     return spec
 
 
@@ -120,6 +133,9 @@ def check_storage_writable(location: str) -> None:
     if is_uri(location):
         return
     path = os.path.abspath(os.path.expanduser(location))
+    if any(path == root or path.startswith(f"{root}/") for root in PSEUDO_FILE_SYSTEMS):
+        raise ConfigError("--storage", f"{path} is on a kernel pseudo file system ({', '.join(PSEUDO_FILE_SYSTEMS)}); "
+                                       "give a folder on a disk or an s3:// URI")
     existing = path
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -173,7 +189,8 @@ def main(study: str, description: str, argv: list[str] | None = None) -> int:
     args = build_parser(study, description).parse_args(argv)
     options = driver.RunOptions(address=args.address, max_concurrent=args.max_concurrent,
                                 cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                                in_process=args.in_process, max_retries=args.max_retries, pack=args.pack)
+                                in_process=args.in_process, max_retries=args.max_retries, pack=args.pack,
+                                wait_for_resources_s=args.wait_for_resources)
     try:
         options.pack_policy()  # a bad --pack fails here, before anything runs
         spec = spec_from_args(study, args)
@@ -189,6 +206,7 @@ def main(study: str, description: str, argv: list[str] | None = None) -> int:
             if args.estimate:
                 print_estimate(trials, options)
             return 0
+        check_before_start(options.address, options.in_process, options.request())
         check_storage_writable(spec.storage)
         if refiner:
             print(refiner.describe())

@@ -9,6 +9,7 @@ grid adds only its new points. Tune's own experiment folder is bookkeeping, kept
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from analysis.lens import spec_path
+from sweeps.feasibility import LOCAL_ADDRESSES, Request, wait_for_capacity
 from sweeps.interrupt import TUNE_SIGINT_ENV, Interrupted, stop_on_signals, stop_trials
 from sweeps.pairs import PairPlan, plan_pairs
 from sweeps.searcher import Extend, Job, SweepSearcher
@@ -25,7 +28,7 @@ from sweeps.spec import SweepSpec
 from workers.catalog import TrialConfig
 from workers.errors import ConfigError
 from workers.packing.plan import PackPlan, PackPolicy, plan_packs
-from workers.records import MEASURES, PAIRS, TRIALS, pending
+from workers.records import MEASURES, PAIRS, TRIALS, measure_key, pending
 from workers.runtime import RunContext
 from workers.storage import Storage
 from workers.tables import compact_after_run, quarantine_damaged
@@ -46,6 +49,11 @@ class RunOptions:
     in_process: bool = False  # run trials one by one in this process (debugging)
     max_retries: int = 2  # attempts after the first for a failing job (e.g. a lost node)
     pack: str = "auto"  # "auto", "off" or a pack size: see workers.packing.plan
+    wait_for_resources_s: float = 300.0  # on a cluster: how long a trial may find no node that fits
+
+    def request(self) -> Request:
+        """What one trial asks of a node (`auto`: up to a whole GPU, sweeps.resources)."""
+        return Request(self.cpus_per_trial, 1.0 if self.gpus_per_trial == "auto" else float(self.gpus_per_trial))
 
     def training_device(self) -> str:
         """Where trials train, for `--pack auto`: a GPU when the jobs ask for one (or,
@@ -90,8 +98,17 @@ def pending_pairs(configs: list[TrialConfig], storage: Storage) -> list[PairPlan
     return [p for p in plan_pairs(configs) if p.key not in done]
 
 
-def write_spec(storage: Storage, spec: SweepSpec, version: str) -> None:
+def write_spec(storage: Storage, spec: SweepSpec, version: str, grid: list[TrialConfig]) -> None:
+    """`spec.json`, the latest run's spec, and on a spec's first run `specs/<spec_id>.json`
+    with the record key of every model, metric and pair of its grid: what readers keep
+    (`analysis.lens`). The id hashes the grid's values, which determine those keys."""
     body = {**spec.to_json(), "code_version": version}
+    body["spec_id"] = hashlib.sha256(json.dumps(body["values"], sort_keys=True).encode()).hexdigest()[:16]
+    if not storage.exists(spec_path(body["spec_id"])):
+        records = {TRIALS: sorted(c.trial_key for c in grid),
+                   MEASURES: sorted(measure_key(c, m) for c in grid for m in c.measure.metrics),
+                   PAIRS: sorted(p.key for p in plan_pairs(grid))}
+        storage.write_bytes(spec_path(body["spec_id"]), json.dumps({**body, "records": records}).encode())
     storage.write_bytes("spec.json", json.dumps(body, indent=2).encode())
 
 
@@ -127,7 +144,7 @@ def run(
         pairs = pending_pairs(configs, storage)
         packs = plan_jobs_to_train(todo, trained, options.pack_policy())
         version = code_version()
-        write_spec(storage, spec, version)
+        write_spec(storage, spec, version, grid)
         packed = sum(len(p.members) for p in packs if len(p.members) > 1)
         say(f"sweep {spec.name}: {len(configs)} models, {len(configs) - len(todo)} already done, "
             f"{len(todo)} to run ({packed} in {sum(len(p.members) > 1 for p in packs)} packs), "
@@ -140,6 +157,8 @@ def run(
         owed = growth.configs if growth else configs  # grows while a refined sweep runs
         if jobs and not options.in_process:
             init_ray(options)  # first: Ray's own SIGTERM handler would replace the one installed next
+            if options.address not in LOCAL_ADDRESSES:  # this machine was checked before the start
+                wait_for_capacity(options.request(), options.wait_for_resources_s)
         try:
             with stop_on_signals() as caught:
                 if not jobs:

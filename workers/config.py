@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -221,7 +222,10 @@ def coerce(key: str, annotation: Any, value: Any) -> Any:
         if annotation is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(key, f"must be a finite number, got {value!r}")
+            return number
         if annotation is str:
             if not isinstance(value, str):
                 raise ValueError

@@ -39,7 +39,7 @@ class DataConfig(Section):
     data_root: str = "~/.cache/landscape-sweeps/data"
     label_noise: float = option(0.0, ge=0, lt=1)  # fraction of training labels replaced by another class
     data_fraction: float = option(1.0, gt=0, le=1)  # fraction of the training set used
-    data_seed: int = 0  # fixes subset and noisy labels; the same for every model seed
+    data_seed: int = option(0, ge=0, le=2**32 - 1)  # fixes subset and noisy labels; the same for every model seed
     # Training-batch augmentation on the device (workers.augment); the taxonomy paper used none.
     augment_crop: int = 0  # random crops of the image zero-padded by this many pixels; 0: off
     augment_flip: bool = False  # random horizontal flips

@@ -15,6 +15,7 @@ checkpoint (a pretrained start).
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,8 @@ class ModelConfig(Section):
         MODELS.check(self.model, "model")
         if self.init_from and not os.path.isfile(os.path.expanduser(self.init_from)):
             raise ConfigError("init_from", f"no such checkpoint file: {self.init_from!r}")
+        if self.init_from and not zipfile.is_zipfile(os.path.expanduser(self.init_from)):
+            raise ConfigError("init_from", f"{self.init_from!r} is not a PyTorch checkpoint (a torch.save file)")
 
     def has_batchnorm(self) -> bool:
         """Whether the built model has BatchNorm layers (late-phase weights need them)."""

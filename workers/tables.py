@@ -69,6 +69,10 @@ class TableRead:
     skipped: list[str] = field(default_factory=list)  # unreadable record files (relpaths)
     ignored: str = ""  # why the consolidated file was not used ("" when used or absent)
 
+    def row_names(self) -> np.ndarray:
+        """The record name of each row of `data`, e.g. to keep the records of one spec."""
+        return np.repeat(np.array([r[0] for r in self.records], dtype=object), [r[3] for r in self.records])
+
 
 class Unusable(Exception):
     """The consolidated file cannot be trusted; the message says why."""

@@ -36,7 +36,8 @@ class TrainConfig(Section):
 
     epochs: int = option(100, ge=1)
     batch_size: int = option(128, ge=1)
-    seed: int = option(0, ge=0)
+    # A pair job seeds numpy with 1000 * seed_a + seed_b, which must stay below 2**32.
+    seed: int = option(0, ge=0, le=999_999, note="seeds of a pair are combined as 1000 * a + b")
     checkpoint_every: int = option(1, ge=1)  # epochs between resume checkpoints
     # "bf16": training forward passes under bfloat16 autocast, any device
     precision: str = option("fp32", choices=("fp32", "bf16"))

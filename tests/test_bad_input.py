@@ -1,0 +1,71 @@
+"""Bad input never reaches Ray or the disk: exit 2, one line naming the field and what
+is allowed, and nothing written (no sweep folder, no spec.json, no lock)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from analysis.__main__ import main as analysis_main
+from sweeps.cli import main
+from sweeps.driver import RunOptions, run
+from sweeps.spec import SweepSpec
+from workers.errors import ConfigError
+
+SMALL = ["--set", "width=2", "--set", "batch_size=128", "--set", "metrics=", "--set", "measure_pairs=false",
+         "--set", "epochs=1", "--set", "milestones=1"]
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--cpus-per-trial", "64"], "--cpus-per-trial"),
+    (["--address", "127.0.0.1:9"], "--address"),
+    (["--address", "local", "--in-process"], "--address"),
+    (["--address", "not-an-address"], "--address"),
+    (["--set", "lr=inf"], "lr"),
+    (["--set", "label_noise=nan"], "label_noise"),
+    (["--set", "seed=5000000000"], "seed"),
+    (["--set", "data_seed=-1"], "data_seed"),
+    (["--set", "width=4", "--set", "width=8"], "width"),
+    (["--name", "x" * 101], "--name"),
+    (["--set", "init_from=README.md"], "init_from"),
+])
+def test_a_bad_command_line_exits_2_naming_the_field_and_writes_nothing(tmp_path, capsys, args, field):
+    started = time.monotonic()
+    code = main("taxonomy", "", ["--storage", str(tmp_path / "store"), "--name", "s", *SMALL, *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {field}"), err
+    assert not (tmp_path / "store").exists()
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU to give")
+def test_asking_for_a_gpu_on_a_machine_without_one_exits_2(tmp_path, capsys):
+    assert main("taxonomy", "", ["--storage", str(tmp_path), "--name", "s", *SMALL, "--gpus-per-trial", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --gpus-per-trial") and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("storage", ["/proc/sweeps", "/dev"])
+def test_storage_on_a_pseudo_file_system_is_refused(storage, capsys):
+    assert main("taxonomy", "", ["--storage", storage, "--name", "s", *SMALL]) == 2
+    assert capsys.readouterr().err.startswith("error: --storage")
+
+
+def test_a_cluster_that_never_has_a_node_for_one_trial_stops_the_sweep(ray_session, tiny, tmp_path):
+    spec = SweepSpec("taxonomy", "demo", "s", str(tmp_path), {**tiny, "metrics": []})
+    options = RunOptions(address="auto", cpus_per_trial=4, wait_for_resources_s=1)
+    with pytest.raises(ConfigError, match=r"--cpus-per-trial: one trial asks 4 CPU.*nodes: 2 CPU"):
+        run(spec, spec.trials(), options, log=lambda line: None)
+
+
+@pytest.mark.parametrize("make", ["missing", "not a sweep", "damaged spec"])
+def test_analysis_gives_one_line_for_a_bad_path(tmp_path, capsys, make):
+    path = tmp_path / "x"
+    if make != "missing":
+        path.mkdir()
+    if make == "damaged spec":
+        (path / "spec.json").write_text("{not json")
+    assert analysis_main(["status", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: PATH") and str(path) in err[0]
