@@ -22,7 +22,7 @@ from sweeps.progress import job_label
 from sweeps.refine import Refiner
 from sweeps.resources import AUTO, job_gpus
 from sweeps.spec import SweepSpec, parse_assignment
-from workers.errors import ConfigError, StorageError
+from workers.errors import ConfigError, StorageError, StorageFull
 from workers.packing.plan import PackPlan, plan_packs
 from workers.storage import is_uri
 
@@ -211,6 +211,9 @@ def main(study: str, description: str, argv: list[str] | None = None) -> int:
         if refiner:
             print(refiner.describe())
         summary = driver.run(spec, trials, options, grow=refiner.grow if refiner else None)
+    except StorageFull as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (ConfigError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

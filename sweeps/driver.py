@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from sweeps.pairs import PairPlan, plan_pairs
 from sweeps.searcher import Extend, Job, SweepSearcher
 from sweeps.spec import SweepSpec
 from workers.catalog import TrialConfig
-from workers.errors import ConfigError
+from workers.errors import ConfigError, StorageError, StorageFull
 from workers.packing.plan import PackPlan, PackPolicy, plan_packs
 from workers.records import MEASURES, PAIRS, TRIALS, measure_key, pending
 from workers.runtime import RunContext
@@ -91,6 +92,24 @@ def pending_trials(configs: list[TrialConfig], storage: Storage) -> tuple[list[T
 def unrecorded(configs: list[TrialConfig], storage: Storage) -> int:
     """Models and seed pairs of `configs` with no record yet (a pack's job owes several)."""
     return len(pending_trials(configs, storage)[0]) + len(pending_pairs(configs, storage))
+
+
+PROBE_BYTES = 64 * 1024  # an empty file still fits on a full disk; a record or a checkpoint does not
+
+
+def check_still_writable(storage: Storage, owed: list[TrialConfig]) -> None:
+    """After the jobs: raise StorageFull, saying what was recorded, if the storage no
+    longer takes a write (a full disk fails every job the same way, and their failures
+    could not be recorded either: the workers printed them)."""
+    probe = f".probe-{os.getpid()}"
+    try:
+        storage.write_bytes(probe, bytes(PROBE_BYTES))
+    except StorageError as exc:
+        left, total = unrecorded(owed, storage), len(owed) + len(plan_pairs(owed))
+        raise StorageFull(f"{storage.uri} stopped taking writes ({exc.__cause__ or exc}): {total - left} of "
+                          f"{total} models and pairs recorded, {left} not; free space and rerun the same "
+                          "command") from None
+    storage.delete(probe)
 
 
 def pending_pairs(configs: list[TrialConfig], storage: Storage) -> list[PairPlan]:
@@ -173,6 +192,7 @@ def run(
             left = unrecorded(owed, storage)
             raise Interrupted(caught.signum, f"interrupted: {len(owed) + len(plan_pairs(owed)) - left} done, "
                               f"{left} not run; rerun the same command to continue") from None
+        check_still_writable(storage, owed)
         for line in compact_after_run(storage):  # one file per table for readers (workers.tables)
             say(line)
     ran = len(todo) + len(pairs) + (growth.added if growth else 0)
@@ -409,7 +429,13 @@ def run_jobs(
                     callbacks=list(callbacks or []),  # a fresh list: Tune appends its own to it
                 ),
             )
-            failed += sum(1 for r in tuner.fit() if r.error is not None)
+            try:
+                failed += sum(1 for r in tuner.fit() if r.error is not None)
+            except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                # Tune's own files (under _tune/) could not be written or read back, e.g. on a
+                # full disk: count the whole shard as failed; the driver recounts from the records.
+                logging.getLogger(__name__).warning("Ray Tune's bookkeeping failed (%s: %s)", type(exc).__name__, exc)
+                failed += len(shard)
     return failed
 
 

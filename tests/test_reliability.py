@@ -131,6 +131,26 @@ def test_an_interrupted_sweep_says_so_stops_its_trials_and_a_rerun_finishes_it(t
     assert sorted(load_sweep(str(tmp_path / "s")).trials["seed"]) == [0, 1, 2, 3, 4, 5]
 
 
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="mounts a small tmpfs: run as root")
+def test_a_full_disk_ends_the_sweep_with_one_line_and_every_unrecorded_failure_printed(tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(full)], check=True)
+    try:
+        proc = cli(full, *SMALL, "--set", "seed=0,1,2,3", "--set", "epochs=1", "--set", "milestones=1",
+                   "--max-retries", "0", "--pack", "off", env={"RAY_DEDUP_LOGS": "0"})
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+    assert proc.returncode == 1, out
+    last = out.strip().splitlines()[-1]
+    match = re.fullmatch(r"error: \S+ stopped taking writes \(.*No space left on device\): (\d) of 4 models and "
+                         r"pairs recorded, (\d) not; free space and rerun the same command", last)
+    assert match, last
+    assert out.count("error: could not record the failure of") == int(match.group(2)) >= 1
+    assert "Traceback (most recent call last):\n" not in out.split("Trials did not complete")[-1]
+
+
 def _tiny_spec(tiny: dict, storage: Path, **values) -> SweepSpec:
     return SweepSpec("taxonomy", "demo", "s", str(storage), {**tiny, "metrics": [], **values})
 

@@ -67,5 +67,4 @@ def load_or_quarantine(storage: Storage, trial_key: str, name: str, device: str 
 
 
 def remove(storage: Storage, trial_key: str, name: str) -> None:
-    if storage.exists(_path(trial_key, name)):
-        storage.fs.delete_file(storage.path(_path(trial_key, name)))
+    storage.delete(_path(trial_key, name))

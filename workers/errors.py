@@ -20,3 +20,8 @@ class StorageError(OSError):
 
 class CheckpointError(StorageError):
     """A checkpoint file exists but cannot be loaded (truncated, garbled): names the file."""
+
+
+class StorageFull(StorageError):
+    """The sweep storage stopped taking writes during a run (a full disk, a lost mount):
+    not bad input, so the command exits 1, saying what was recorded."""

@@ -107,6 +107,11 @@ class Storage:
         except OSError as exc:
             raise StorageError(f"storage: cannot write {target}: {exc}") from exc
 
+    def delete(self, relpath: str) -> None:
+        """Remove one file if it exists."""
+        if self.exists(relpath):
+            self.fs.delete_file(self.path(relpath))
+
     def read_bytes(self, relpath: str) -> bytes:
         with self.fs.open_input_stream(self.path(relpath)) as f:
             return f.read()

@@ -10,6 +10,7 @@ trained seeds of a cell, `workers.pair_trial`). `--in-process` runs the same `ru
 from __future__ import annotations
 
 import socket
+import sys
 import time
 import traceback
 from typing import Any
@@ -89,7 +90,8 @@ def tune_job(config: dict[str, Any]) -> None:
     except Exception as exc:  # record why, then let Ray retry or mark the trial failed
         try:
             record_failure(config, exc)
-        except OSError:
-            pass  # the storage itself is what failed; Ray still has the traceback
+        except OSError as lost:  # the storage itself failed: say it here, the driver's terminal shows it
+            print(f"error: could not record the failure of {', '.join(k for k, _ in job_records(config))} "
+                  f"({lost}); the failure: {type(exc).__name__}: {exc}", file=sys.stderr)
         raise
     tune.report(row if config["kind"] == "pack" else reported(row))
