@@ -15,8 +15,9 @@ from typing import Any
 
 from analysis.refine import RefineSettings
 from sweeps import driver
-from sweeps.feasibility import check_before_start
+from sweeps.feasibility import LOCAL_ADDRESSES, check_before_start
 from sweeps.interrupt import Interrupted
+from sweeps.memory import check_memory
 from sweeps.presets import PRESETS, preset_values
 from sweeps.progress import job_label
 from sweeps.refine import Refiner
@@ -207,6 +208,8 @@ def main(study: str, description: str, argv: list[str] | None = None) -> int:
                 print_estimate(trials, options)
             return 0
         check_before_start(options.address, options.in_process, options.request())
+        if options.in_process or options.address in LOCAL_ADDRESSES:  # the trials train on this machine
+            check_memory(trials, gpus=options.request().gpus > 0)
         check_storage_writable(spec.storage)
         if refiner:
             print(refiner.describe())

@@ -30,6 +30,7 @@ SMALL = ["--set", "width=2", "--set", "batch_size=128", "--set", "metrics=", "--
     (["--set", "width=4", "--set", "width=8"], "width"),
     (["--name", "x" * 101], "--name"),
     (["--set", "init_from=README.md"], "init_from"),
+    (["--set", "width=2,4096"], "width"),
 ])
 def test_a_bad_command_line_exits_2_naming_the_field_and_writes_nothing(tmp_path, capsys, args, field):
     started = time.monotonic()
@@ -69,3 +70,17 @@ def test_analysis_gives_one_line_for_a_bad_path(tmp_path, capsys, make):
     assert analysis_main(["status", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: PATH") and str(path) in err[0]
+
+
+def test_the_memory_bound_is_above_the_exact_count_and_both_grow_with_width_and_batch():
+    from sweeps.memory import training_bytes
+    from workers.catalog import TrialConfig
+
+    small, wide, big_batch = (TrialConfig.from_flat(v) for v in
+                              ({"width": 4, "batch_size": 32}, {"width": 16, "batch_size": 32},
+                               {"width": 4, "batch_size": 512}))
+    for cfg in (small, wide, big_batch):
+        bound, exact = sum(training_bytes(cfg)), sum(training_bytes(cfg, exact=True))
+        assert bound >= exact > 0
+    assert training_bytes(wide)[0] > 10 * training_bytes(small)[0]  # weights grow as width^2
+    assert training_bytes(big_batch, exact=True)[1] > training_bytes(small, exact=True)[1]
