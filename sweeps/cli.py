@@ -15,6 +15,7 @@ from typing import Any
 
 from analysis.refine import RefineSettings
 from sweeps import driver
+from sweeps.arguments import EXIT_BAD_INPUT, OneLineParser
 from sweeps.feasibility import LOCAL_ADDRESSES, check_before_start
 from sweeps.interrupt import Interrupted
 from sweeps.memory import check_memory
@@ -26,15 +27,6 @@ from sweeps.spec import SweepSpec, parse_assignment
 from workers.errors import ConfigError, StorageError, StorageFull
 from workers.packing.plan import PackPlan, plan_packs
 from workers.storage import is_uri
-
-EXIT_BAD_INPUT = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors as one line and exit code 2 (its default code too)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_BAD_INPUT, f"error: {message}\n")
 
 
 def _positive_number(kind: type) -> Any:
@@ -61,7 +53,7 @@ def _gpus_setting(text: str) -> float | str:
 
 
 def build_parser(study: str, description: str) -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog=f"python sweeps/{study}.py",
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -17,6 +17,7 @@ import os
 import sys
 from datetime import datetime, timezone
 
+from sweeps.arguments import EXIT_BAD_INPUT, OneLineParser
 from sweeps.slurm import queue
 from sweeps.slurm.command import SweepCommand, parse_sweep_command
 from sweeps.slurm.request import LAUNCHERS, JobRequest, check_fits, check_request
@@ -25,15 +26,7 @@ from sweeps.slurm.storage import check_shared
 from workers.errors import ConfigError
 from workers.storage import is_uri
 
-EXIT_BAD_INPUT = 2
 EXIT_SLURM_FAILED = 1
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse reporting errors as one line with exit code 2 (its default code too)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_BAD_INPUT, f"error: {message}\n")
 
 
 def _count(minimum: int):
@@ -50,7 +43,7 @@ def _count(minimum: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m sweeps.slurm", description="Run a sweep on a Slurm cluster (docs/slurm.md).")
+    parser = OneLineParser(prog="python -m sweeps.slurm", description="Run a sweep on a Slurm cluster (docs/slurm.md).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="submit")
     submit = commands.add_parser(
         "submit", help="queue a sweep as one Slurm job", formatter_class=argparse.RawDescriptionHelpFormatter,
