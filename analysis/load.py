@@ -79,9 +79,9 @@ class Sweep:
 
     def axes(self) -> list[str]:
         """Grid axes other than seed: from spec.json, else the columns that vary."""
-        values = self.spec.get("values", {})
-        axes = [k.replace(".", "_") for k, v in values.items() if len(v) > 1 and k != "seed"]
-        if axes:
+        values = self.spec.get("values")
+        if values is not None:  # the spec says; none but the seed is an answer too
+            axes = [k.replace(".", "_") for k, v in values.items() if len(v) > 1 and k != "seed"]
             return [a for a in axes if a in self.trials.columns]
         varying = [c for c in self.trials.columns
                    if c not in NOT_CONFIG and c != "seed" and self.trials[c].map(repr).nunique() > 1]

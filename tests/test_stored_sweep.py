@@ -33,6 +33,7 @@ def test_a_stored_sweep_loads_with_its_keys_and_resumes_with_only_new_work(tmp_p
     after = load_sweep(str(folder))
     assert sorted(after.trials["seed"]) == [0, 1, 2] and stored_keys < set(after.trials["trial_key"])
     assert after.trials["cell_key"].nunique() == 1 and after.trials["trial_key"].is_unique
+    assert after.axes() == []  # seed is the only axis: no outcome column (resumed_from_epoch, ...) taken for one
     assert len(after.measures) == 6 and after.measures.groupby("metric").size().eq(3).all()
     # the stored pair is found under its key, not measured again; the new seed's pairs are added
     assert len(after.pairs) == 3 and after.pairs["pair_key"].is_unique and stored_pair in set(after.pairs["pair_key"])
