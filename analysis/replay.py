@@ -78,7 +78,8 @@ def replay(source: str, out: str, settings: RefineSettings, thresholds: str = "p
     storage = Storage.open(out)
     if any(storage.list_names(table, ".parquet") for table in ("trials", "pairs")):
         raise ConfigError("--out", f"{storage.uri} holds records already; give a new folder")
-    spec = {**full.spec, "name": f"{full.spec.get('name', 'sweep')}-refined",
+    spec = {**{k: v for k, v in full.spec.items() if k != "spec_id"},  # its lens holds the full grid's records
+            "name": f"{full.spec.get('name', 'sweep')}-refined",
             "refine": {**asdict(settings), "thresholds": thresholds}, "replayed_from": full.path}
     storage.write_bytes("spec.json", json.dumps(spec, indent=2, default=str).encode())
     answered: set[Cell] = set()
