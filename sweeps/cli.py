@@ -113,7 +113,7 @@ def spec_from_args(study: str, args: argparse.Namespace) -> SweepSpec:
             raise ConfigError(key, "given twice with --set; give it once (a comma list makes an axis)")
         given.add(key)
         values[key] = value
-    spec = SweepSpec(study=study, preset=args.preset, name=args.name or f"{study}-{args.preset}",
+    spec = SweepSpec(study=study, preset=args.preset, name=f"{study}-{args.preset}" if args.name is None else args.name,
                      storage=args.storage, values=values)
     if "/" in spec.name or spec.name.startswith((".", "_")) or not spec.name or len(spec.name) > MAX_NAME:
         raise ConfigError("--name", f"must be a plain folder name of 1 to {MAX_NAME} characters (no '/', not "

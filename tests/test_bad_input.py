@@ -29,6 +29,7 @@ SMALL = ["--set", "width=2", "--set", "batch_size=128", "--set", "metrics=", "--
     (["--set", "data_seed=-1"], "data_seed"),
     (["--set", "width=4", "--set", "width=8"], "width"),
     (["--name", "x" * 101], "--name"),
+    (["--name", ""], "--name"),
     (["--set", "init_from=README.md"], "init_from"),
     (["--set", "width=2,4096"], "width"),
 ])
