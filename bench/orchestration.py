@@ -142,7 +142,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
         ray_spec = demo_spec(str(Path(tmp) / "ray"))
         start = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
         figures["ray_start_s"] = round(time.perf_counter() - start, 2)
         start, launched = time.perf_counter(), time.time()
         run_sweep(ray_spec, configs, RunOptions(max_concurrent=2, pack="off"), log=lambda line: None)

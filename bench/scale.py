@@ -87,7 +87,7 @@ def driver_figures(n_trials: int) -> dict[str, Any]:
     jobs = grid_jobs(n_trials)
     stamps = Stamps()
     start = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         with tempfile.TemporaryDirectory() as tune_dir:
             failed = run_jobs(jobs, finished=set(), options=RunOptions(), tune_dir=tune_dir, name="scale",

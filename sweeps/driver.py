@@ -440,11 +440,13 @@ def run_jobs(
 
 
 def init_ray(options: RunOptions) -> None:
-    """Connect to `--address`, or start an embedded Ray, unless already connected."""
+    """Connect to `--address`, or start an embedded Ray, unless already connected. The
+    embedded one is always new ("local"): `ray.init()` without an address would join a
+    Ray someone started on this machine with `ray start`, and the sweep with it."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=options.address, include_dashboard=False, logging_level="WARNING")
+        ray.init(address=options.address or "local", include_dashboard=False, logging_level="WARNING")
 
 
 def exit_code(summary: RunSummary) -> int:

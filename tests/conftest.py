@@ -32,7 +32,7 @@ def ray_session():
     """The one Ray runtime of the test session: 2 CPUs, no dashboard."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")  # never someone else's
     yield ray
     ray.shutdown()
 

@@ -1,6 +1,6 @@
 """Faults lose nothing and duplicate nothing: crashes, corrupt files, bad storage, races.
 
-The crash tests run the real CLI in a subprocess with its own Ray (`--address local`)
+The crash tests run the real CLI in a subprocess with its own embedded Ray
 and kill real processes with SIGKILL.
 """
 
@@ -39,10 +39,10 @@ SMALL = ["--set", "width=2", "--set", "batch_size=128", "--set", "metrics=", "--
 
 
 def cli(storage: Path, *args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    """Start `python sweeps/taxonomy.py` with its own local Ray, as a user would."""
+    """Start `python sweeps/taxonomy.py` with its own embedded Ray, as a user would."""
     full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "sweeps" / "taxonomy.py"), "--address", "local",
+        [sys.executable, str(ROOT / "sweeps" / "taxonomy.py"),
          "--storage", str(storage), "--name", "s", *args],
         env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True, **kw,

@@ -74,7 +74,7 @@ def probe(config):
         json.dump(record, f)
     tune.report({{"status": "ok"}})
 
-ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
 trials = [(2, 0), (2, 1), (64, 0)]
 jobs = [Job(f"w{{w}}s{{s}}", {{"kind": "train", "trial": {{"model": "resnet18k", "width": w, "seed": s}}}})
         for w, s in trials]

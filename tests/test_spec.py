@@ -127,7 +127,8 @@ def test_config_error_is_a_value_error_with_the_field():
 
 
 @pytest.mark.parametrize("flat, message", [
-    ({"label_noise": float("nan")}, "label_noise: must be in [0, 1), got nan"),
+    ({"label_noise": float("nan")}, "label_noise: must be a finite number, got nan"),
+    ({"label_noise": 1.0}, "label_noise: must be in [0, 1), got 1.0"),
     ({"width": 0}, "width: must be a positive integer, got 0"),
     ({"swa.start": -1}, "swa.start: must be >= 0 (0: off), got -1"),
     ({"alig.max_lr": -1}, "alig.max_lr: must be > 0, got -1.0"),

@@ -51,7 +51,7 @@ SWEEP_SCRIPT = """
 import ray
 from sweeps.cli import main
 
-ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
 argv = ["--storage", {storage!r}, "--name", "s3sweep", "--set", "width=2", "--set", "seed=0,1",
         "--set", "epochs=2", "--set", "milestones=1", "--set", "batch_size=128", "--set", "metrics=",
         "--set", "measure_pairs=false"]

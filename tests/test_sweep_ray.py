@@ -44,7 +44,7 @@ def test_four_trial_sweep_then_rerun_runs_nothing(ray_session, sweep_dir, capsys
 
     # Extending the grid adds only the new points.
     assert main("taxonomy", "", ["--storage", str(sweep_dir), "--name", "four",
-                                 *GRID[:2], "--set", "width=2,4,8", *GRID[4:]]) == 0
+                                 "--set", "width=2,4,8", *GRID[2:]]) == 0
     assert "4 already done, 2 to run" in capsys.readouterr().out
     assert len(load_sweep(str(sweep_dir / "four")).trials) == 6
     records = {p: m for p, m in mtimes.items() if p.parent.name != "tables"}  # consolidated files are replaced

@@ -223,9 +223,6 @@ def coerce(key: str, annotation: Any, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             number = float(value)
-            if not math.isfinite(number):
-                raise ConfigError(key, f"must be a finite number, got {value!r}")
-            return number
         if annotation is str:
             if not isinstance(value, str):
                 raise ValueError
@@ -233,9 +230,18 @@ def coerce(key: str, annotation: Any, value: Any) -> Any:
     except (TypeError, ValueError):
         pass
     else:
-        raise AssertionError(f"unsupported config type {annotation!r} for {key}")
+        assert annotation is float, f"unsupported config type {annotation!r} for {key}"
+        return _finite(key, number)
     tname = getattr(annotation, "__name__", str(annotation))
     raise ConfigError(key, f"expected {tname}, got {value!r}")
+
+
+def _finite(key: str, number: float) -> float:
+    """Refuse inf and NaN for every float key: no option means anything by them, and a
+    NaN slips through every range check written as a comparison."""
+    if not math.isfinite(number):
+        raise ConfigError(key, f"must be a finite number, got {number!r}")
+    return number
 
 
 def _suggest(key: str, valid: list[str]) -> str:
