@@ -35,6 +35,7 @@ from analysis.refine import (
     with_inferred,
 )
 from workers.errors import ConfigError
+from workers.records import PAIRS, TRIALS
 from workers.storage import Storage
 
 
@@ -76,7 +77,7 @@ def replay(source: str, out: str, settings: RefineSettings, thresholds: str = "p
     check_budget(grid, settings)
     trials, pairs = _by_cell(full.trials, grid), _by_cell(full.pairs, grid)
     storage = Storage.open(out)
-    if any(storage.list_names(table, ".parquet") for table in ("trials", "pairs")):
+    if any(storage.list_names(table, ".parquet") for table in (TRIALS, PAIRS)):
         raise ConfigError("--out", f"{storage.uri} holds records already; give a new folder")
     spec = {**{k: v for k, v in full.spec.items() if k != "spec_id"},  # its lens holds the full grid's records
             "name": f"{full.spec.get('name', 'sweep')}-refined",

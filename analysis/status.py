@@ -53,6 +53,8 @@ def failed_jobs(sweep: Sweep) -> pd.DataFrame:
 def table_status(sweep: Sweep) -> list[TableStatus]:
     lens = sweep.lens
     expected = expected_counts(sweep.spec) if lens is None else {t: len(keys) for t, keys in lens.done.items()}
+    if sweep.spec.get("refine"):  # the refinement picks the cells it trains: the rest is inferred, not missing
+        expected = dict.fromkeys(expected)
     failed = failed_jobs(sweep)
     n_failed = failed["kind"].value_counts().to_dict() if not failed.empty else {}
     statuses = sweep.trials["status"] if "status" in sweep.trials else pd.Series(dtype=str)
@@ -77,6 +79,9 @@ def format_status(sweep: Sweep) -> str:
         lines += [f"  {row.kind} {row.key}: {row.error}" for row in failed.itertuples()]
     if sweep.skipped:
         lines.append("unreadable files (skipped): " + ", ".join(sweep.skipped))
+    if sweep.spec.get("refine"):
+        lines.append("refined sweep (--refine): cells it does not train are inferred by the report, not missing; "
+                     "rerun the command to let the refinement decide what is left")
     if sweep.others:
         lines.append(sweep.others)
     if sweep.ignored:

@@ -21,6 +21,7 @@ from analysis.phases import PAPER
 from analysis.refine import Grid, RefineSettings, check_budget, classify_cells, infer, plan
 from analysis.replay import agreement, full_grid_phases, replay
 from analysis.report import ReportOptions, write_report
+from analysis.status import format_status
 from analysis.yang2021 import import_archive
 from sweeps.cli import main
 from sweeps.driver import RunOptions, run
@@ -150,6 +151,9 @@ def test_replay_on_the_published_grid_agrees_using_half_the_models(published, tm
     # The rounds are a function of the records: planning on the finished records wants
     # no more cells, and a replay of the same grid trains the same cells.
     sweep = load_sweep(result.path)
+    status = format_status(sweep)
+    assert "inferred by the report, not missing" in status
+    assert next(line for line in status.splitlines() if line.startswith("trials")).split()[1] == "?"
     done = {(w, b) for w, b in zip(sweep.trials["width"], sweep.trials["batch_size"])}
     classified_cells, thresholds = classify_cells(sweep, result.grid, done, "paper")
     assert set(plan(result.grid, classified_cells, [], RefineSettings(), thresholds)) == done
