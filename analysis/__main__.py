@@ -24,9 +24,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from analysis.status import format_status
+    from analysis.status import format_status, watch
 
-    print(format_status(load_sweep(args.path, args.all)))
+    if args.every <= 0:
+        raise ConfigError("--every", f"must be a number of seconds > 0, got {args.every:g}")
+    if not args.watch:
+        print(format_status(load_sweep(args.path, args.all)))
+        return 0
+    try:
+        watch(args.path, args.every, all_specs=args.all)
+    except KeyboardInterrupt:  # how a watch usually ends
+        print()
     return 0
 
 
@@ -106,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_argument("path", help="sweep folder (e.g. results/taxonomy-demo) or URI")
     summary.add_argument("--all", action="store_true", help=ALL_HELP)
     summary.set_defaults(run=cmd_summary)
-    status = commands.add_parser("status", help="done / diverged / failed / missing per table; failed jobs with errors")
+    status = commands.add_parser("status", help="done / diverged / failed / missing per table; failed jobs with "
+                                 "errors; while a sweep runs, its progress, ETA and the jobs in progress")
     status.add_argument("path", help="sweep folder or URI")
     status.add_argument("--all", action="store_true", help=ALL_HELP)
+    status.add_argument("--watch", action="store_true", help="refresh until the sweep is complete (Ctrl-C stops)")
+    status.add_argument("--every", type=float, default=5.0, metavar="SECONDS",
+                        help="seconds between refreshes with --watch (default: 5)")
     status.set_defaults(run=cmd_status)
     compact = commands.add_parser("compact", help="write each table as one Parquet file under PATH/tables/ "
                                   "(readers take it plus the records it lacks)")

@@ -1,17 +1,23 @@
-"""`python -m analysis status PATH`: what a sweep has done, what failed and what is missing.
+"""`python -m analysis status PATH [--watch]`: what a sweep has done, what failed, what
+is missing, and while it runs, its progress and the jobs in progress.
 
 Expected counts come from the grid in `spec.json` (the product of every key's values),
-so a sweep interrupted anywhere shows exactly how much is left.
+so a sweep interrupted anywhere shows exactly how much is left. `--watch` prints it
+again every few seconds until the grid is complete.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+import time
 from dataclasses import dataclass
+from typing import TextIO
 
 import pandas as pd
 
-from analysis.load import Sweep
+from analysis.load import Sweep, load_sweep
+from analysis.progress import format_running, sweep_progress
 from workers.records import MEASURES, PAIRS, TRIALS
 
 
@@ -74,6 +80,10 @@ def format_status(sweep: Sweep) -> str:
         miss = "?" if s.missing is None else str(s.missing)
         lines.append(f"{s.table:<10}{exp:>10}{s.done:>8}{s.diverged:>10}{s.failed:>8}{miss:>9}")
     failed = failed_jobs(sweep)
+    live = sweep_progress(sweep, len(failed))
+    if live.run_started is not None or live.running:
+        lines.append(f"progress: {live.progress.line()}")
+        lines += ["running:", *format_running(live.running)] if live.running else []
     if not failed.empty:
         lines.append("failed:")
         lines += [f"  {row.kind} {row.key}: {row.error}" for row in failed.itertuples()]
@@ -88,3 +98,25 @@ def format_status(sweep: Sweep) -> str:
         lines.append("consolidated tables ignored (records read instead; `python -m analysis compact` "
                      "rebuilds them): " + "; ".join(sweep.ignored))
     return "\n".join(lines)
+
+
+def complete(sweep: Sweep) -> bool:
+    """Every table holds what the grid expects, and no job of it is running."""
+    finished = all(s.missing == 0 for s in table_status(sweep) if s.expected is not None)
+    return finished and not sweep_progress(sweep, 0).running
+
+
+def watch(path: str, every: float, out: TextIO | None = None) -> None:
+    """Print the status every `every` seconds until the sweep is complete: redrawn on a
+    terminal, one block after another elsewhere. Ctrl-C ends it sooner."""
+    out = sys.stdout if out is None else out
+    clear = "\x1b[H\x1b[2J" if out.isatty() else ""
+    while True:
+        sweep = load_sweep(path)
+        done = complete(sweep)
+        note = "complete" if done else f"refreshed every {every:g}s, Ctrl-C to stop"
+        out.write(f"{clear}{format_status(sweep)}\n[{time.strftime('%H:%M:%S')}] {note}\n\n")
+        out.flush()
+        if done:
+            return
+        time.sleep(every)

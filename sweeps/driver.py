@@ -26,6 +26,7 @@ from sweeps.interrupt import TUNE_SIGINT_ENV, Interrupted, stop_on_signals, stop
 from sweeps.pairs import PairPlan, plan_pairs
 from sweeps.searcher import Extend, Job, SweepSearcher
 from sweeps.spec import SweepSpec
+from workers import live
 from workers.catalog import TrialConfig
 from workers.errors import ConfigError, StorageError, StorageFull
 from workers.packing.plan import PackPlan, PackPolicy, plan_packs
@@ -51,6 +52,7 @@ class RunOptions:
     max_retries: int = 2  # attempts after the first for a failing job (e.g. a lost node)
     pack: str = "auto"  # "auto", "off" or a pack size: see workers.packing.plan
     wait_for_resources_s: float = 300.0  # on a cluster: how long a trial may find no node that fits
+    loggers: tuple[str, ...] = ()  # Ray Tune logger callbacks to attach (`--log`, sweeps.loggers)
 
     def request(self) -> Request:
         """What one trial asks of a node (`auto`: up to a whole GPU, sweeps.resources)."""
@@ -168,9 +170,9 @@ def run(
         say(f"sweep {spec.name}: {len(configs)} models, {len(configs) - len(todo)} already done, "
             f"{len(todo)} to run ({packed} in {sum(len(p.members) > 1 for p in packs)} packs), "
             f"{len(pairs)} seed pairs to measure -> {storage.uri}")
-        context = RunContext(storage=storage.uri, sweep=spec.name, code_version=version,
-                             threads=max(1, int(options.cpus_per_trial)))
         axes = list(spec.axes())
+        context = RunContext(storage=storage.uri, sweep=spec.name, code_version=version,
+                             threads=max(1, int(options.cpus_per_trial)), axes=tuple(axes))
         jobs = plan_jobs(packs, pairs, context)
         growth = _Growth(grow, grid, configs, storage, options.pack_policy(), context) if grow else None
         owed = growth.configs if growth else configs  # grows while a refined sweep runs
@@ -178,6 +180,8 @@ def run(
             init_ray(options)  # first: Ray's own SIGTERM handler would replace the one installed next
             if options.address not in LOCAL_ADDRESSES:  # this machine was checked before the start
                 wait_for_capacity(options.request(), options.wait_for_resources_s)
+        if jobs:
+            live.start_run(storage, time.time())  # for `analysis status --watch`
         try:
             with stop_on_signals() as caught:
                 if not jobs:
@@ -192,6 +196,8 @@ def run(
             left = unrecorded(owed, storage)
             raise Interrupted(caught.signum, f"interrupted: {len(owed) + len(plan_pairs(owed)) - left} done, "
                               f"{left} not run; rerun the same command to continue") from None
+        finally:
+            live.clear(storage)
         check_still_writable(storage, owed)
         for line in compact_after_run(storage):  # one file per table for readers (workers.tables)
             say(line)
@@ -299,14 +305,19 @@ def _pack_measures(pair: PairPlan, pack: set[str], pending: set[str]) -> bool:
 def _run_in_process(jobs: list[Job], axes: list[str], log: Log | None) -> int:
     """The debug executor: the same jobs through the same `run_job` as Tune's trainable,
     one after another (every job a pair needs comes before it), no Ray."""
-    from sweeps.progress import format_lines, job_size
+    from sweeps.progress import Tally, Terminal, format_lines, job_size
     from workers.tune_entry import run_job
 
-    done, total = 0, sum(job_size(job.config) for job in jobs)
+    tally, terminal = Tally(job.config for job in jobs), Terminal(log)
+    total = sum(job_size(job.config) for job in jobs)
     for job in jobs:
-        for line in format_lines(done, total, job.config, run_job(job.config), axes):
-            (log or print)(line)
-        done += job_size(job.config)
+        tally.start(job.key, job.config)
+        terminal.progress(tally.progress())
+        result = run_job(job.config)
+        for line in format_lines(tally.done, total, job.config, result, axes):
+            terminal.line(line)
+        tally.end(job.key, job.config, ok=True)
+    terminal.progress(tally.progress(), last=True)
     return 0
 
 
@@ -315,19 +326,21 @@ def _run_with_tune(
     options: RunOptions, storage: Storage, axes: list[str], log: Log | None, growth: _Growth | None = None,
 ) -> int:
     """Fan the sweep's jobs out through Tune; returns the number that failed after retries."""
-    from sweeps.progress import OneLinePerTrial, job_size
+    from sweeps.loggers import logger_callbacks
+    from sweeps.progress import OneLinePerTrial, Terminal
 
     pending = {c.trial_key for c in todo}
     tune_dir = storage.path("_tune") if storage.is_local else os.path.expanduser("~/ray_results")
-    progress = OneLinePerTrial(sum(job_size(j.config) for j in jobs), axes, log)
+    progress = OneLinePerTrial([j.config for j in jobs], axes, Terminal(log))
 
     def extend() -> tuple[list[Job], set[str]]:  # more jobs, counted in the progress lines
         more, trained = growth()
-        progress.total += sum(job_size(j.config) for j in more)
+        progress.add([j.config for j in more])
         return more, trained
 
+    loggers = logger_callbacks(options.loggers, context.sweep, axes, tune_dir)
     return run_jobs(jobs, finished={c.trial_key for c in configs if c.trial_key not in pending},
-                    options=options, tune_dir=tune_dir, name=context.sweep, callbacks=[progress],
+                    options=options, tune_dir=tune_dir, name=context.sweep, callbacks=[progress, *loggers],
                     extend=extend if growth else None, max_jobs=growth.most_jobs if growth else 0)
 
 
@@ -412,6 +425,7 @@ def run_jobs(
     with (_env_default(PENDING_ENV, str(options.max_concurrent or MAX_PENDING_TRIALS)),
           _env_default(NO_TRIAL_LOGS_ENV, "1"), _env_default(TUNE_SIGINT_ENV, "1")):
         for i, shard in enumerate(shards):
+            experiment = f"{name}-{stamp}" + (f"-{i + 1}of{len(shards)}" if len(shards) > 1 else "")
             tuner = tune.Tuner(
                 function,
                 tune_config=tune.TuneConfig(
@@ -422,7 +436,7 @@ def run_jobs(
                     trial_dirname_creator=lambda trial: trial.trial_id,
                 ),
                 run_config=tune.RunConfig(
-                    name=f"{name}-{stamp}" + (f"-{i + 1}of{len(shards)}" if len(shards) > 1 else ""),
+                    name=experiment,
                     storage_path=tune_dir,
                     failure_config=tune.FailureConfig(max_failures=options.max_retries),
                     verbose=0,
@@ -430,13 +444,26 @@ def run_jobs(
                 ),
             )
             try:
-                failed += sum(1 for r in tuner.fit() if r.error is not None)
+                with ray_output_to(os.path.join(tune_dir, experiment, "output.log")):
+                    results = tuner.fit()
+                failed += sum(1 for r in results if r.error is not None)
             except (OSError, EOFError, pickle.UnpicklingError) as exc:
                 # Tune's own files (under _tune/) could not be written or read back, e.g. on a
                 # full disk: count the whole shard as failed; the driver recounts from the records.
                 logging.getLogger(__name__).warning("Ray Tune's bookkeeping failed (%s: %s)", type(exc).__name__, exc)
                 failed += len(shard)
     return failed
+
+
+@contextlib.contextmanager
+def ray_output_to(path: str) -> Iterator[None]:
+    """Send what Tune prints while it runs (its banner table, "View detailed results
+    here", the workers' forwarded stdout) to `path`, leaving the terminal to the driver's
+    own lines, which hold their stream from before (`sweeps.progress.Terminal`).
+    Tune's warnings go through logging to stderr, as before."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as out, contextlib.redirect_stdout(out):
+        yield
 
 
 def init_ray(options: RunOptions) -> None:

@@ -1,21 +1,31 @@
-"""Terminal progress: one line per finished model and pair instead of Tune's status tables.
+"""Terminal progress: one line per finished model and pair instead of Tune's status
+tables, and a progress line with counts, models per hour and the ETA.
 
 A pack job (several models trained as one network, then their seed pairs) ends with a
-line for each of its models and pairs, numbered like those of solo jobs.
+line for each of its models and pairs, numbered like those of solo jobs. The progress
+line counts the same units (`analysis.eta`, shared with `python -m analysis status`):
+on a terminal it is redrawn in place, elsewhere (CI, a Slurm log) printed as a plain
+line now and then.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
 
 from ray import tune
 
+from analysis.eta import Durations, Progress, Shape, eta_seconds, per_hour, shape
 from sweeps.spec import describe
 
 # Result fields worth a glance, in the order printed when present.
-SHOWN = ("train_loss", "test_acc", "mc_train_error", "cka_softmax", "l2_distance")
+SHOWN = ("train_loss", "test_acc", "mc", "cka_softmax", "l2_distance")
+REDRAW_EVERY_S = 1.0  # the progress line on a terminal
+PLAIN_EVERY_S = 60.0  # the progress line as a plain line (not a terminal), besides the last one
 
 
 def pair_label(a: dict[str, Any], b: dict[str, Any], axes: list[str]) -> str:
@@ -36,9 +46,18 @@ def job_label(config: dict[str, Any], axes: list[str]) -> str:
     return describe(config["trial"], axes)
 
 
+def job_shapes(config: dict[str, Any]) -> list[Shape]:
+    """The class (`analysis.eta.shape`) of each model and pair a job finishes."""
+    if config["kind"] == "pair":
+        return [shape("pair", config["a"])]
+    if config["kind"] == "pack":
+        return [shape("train", m) for m in config["members"]] + [shape("pair", p["a"]) for p in config["pairs"]]
+    return [shape("train", config["trial"])]
+
+
 def job_size(config: dict[str, Any]) -> int:
     """How many models and pairs a job finishes (the lines it prints)."""
-    return len(config["members"]) + len(config["pairs"]) if config.get("kind") == "pack" else 1
+    return len(job_shapes(config))
 
 
 def _parts(config: dict[str, Any], result: dict[str, Any], axes: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -46,9 +65,10 @@ def _parts(config: dict[str, Any], result: dict[str, Any], axes: list[str]) -> l
     if config["kind"] != "pack":
         return [(job_label(config, axes), result)]
     size = f" (pack of {len(config['members'])})"
-    models = [(describe(flat, axes) + size, row) for flat, row in zip(config["members"], result.get("members", []))]
+    models = [(describe(flat, axes) + size, row)
+              for flat, row in zip(config["members"], result.get("members", {}).values())]
     pairs = [(pair_label(p["a"], p["b"], axes) + size, row)
-             for p, row in zip(config["pairs"], result.get("pairs", []))]
+             for p, row in zip(config["pairs"], result.get("pairs", {}).values())]
     return models + pairs
 
 
@@ -65,19 +85,126 @@ def format_lines(done: int, total: int, config: dict[str, Any], result: dict[str
     return lines
 
 
-class OneLinePerTrial(tune.Callback):
-    """Prints a line for each model and pair as its job ends (see `format_lines`)."""
+class Tally:
+    """The units (models and pairs) of this run: done, failed, running and pending, the
+    time each class took (`analysis.eta`), and from them the progress line's figures."""
 
-    def __init__(self, total: int, axes: list[str], log: Callable[[str], Any] | None) -> None:
-        self.total, self.axes, self.log = total, axes, log
-        self.finished = 0
+    def __init__(self, configs: Iterable[dict[str, Any]] = ()) -> None:
+        self.started = time.monotonic()
+        self.pending: Counter[Shape] = Counter()
+        self.running: dict[str, tuple[list[Shape], float]] = {}  # job id -> its units, its start
+        self.durations = Durations()
+        self.done = self.failed = self.models = 0
+        self.add(configs)
+
+    def add(self, configs: Iterable[dict[str, Any]]) -> None:
+        """More jobs to run (a refined sweep's next cells)."""
+        for config in configs:
+            self.pending.update(job_shapes(config))
+
+    def start(self, job: str, config: dict[str, Any]) -> None:
+        if job not in self.running:  # a retried job keeps its first start
+            self.pending.subtract(job_shapes(config))
+            self.running[job] = (job_shapes(config), time.monotonic())
+
+    def end(self, job: str, config: dict[str, Any], ok: bool) -> None:
+        """A job finished (`ok`) or failed for good; its seconds are shared by its units."""
+        self.start(job, config)
+        units, began = self.running.pop(job)
+        if not ok:
+            self.failed += len(units)
+            return
+        for unit in units:
+            self.durations.add(unit, (time.monotonic() - began) / len(units))
+        self.done += len(units)
+        self.models += sum(unit[0] == "train" for unit in units)
+
+    def progress(self) -> Progress:
+        now = time.monotonic()
+        running = [(units, now - began) for units, began in self.running.values()]
+        pending = list(self.pending.elements())
+        return Progress(self.done, sum(len(u) for u, _ in running), len(pending), self.failed,
+                        per_hour(self.models, now - self.started),
+                        eta_seconds(self.durations, pending, running, len(running)))
+
+
+class Terminal:
+    """Where the driver's lines go: each line as it comes, and the progress line drawn in
+    place (`\\r`) on a terminal, or printed as a plain line at most every `PLAIN_EVERY_S`
+    seconds elsewhere, since a log file keeps every line. With `log` (a caller that
+    collects lines), everything goes to it as plain lines.
+
+    Tune pickles its callbacks with the experiment; the stream stays out of the pickle.
+    """
+
+    def __init__(self, log: Callable[[str], Any] | None = None, stream: TextIO | None = None) -> None:
+        self.log = log
+        self.stream = stream if stream is not None else sys.stdout
+        self.tty = log is None and self.stream.isatty()
+        self.drawn = ""  # the progress line on screen (a terminal only)
+        self.last = -math.inf  # time.monotonic() it was last shown
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "stream": None}
+
+    def line(self, text: str) -> None:
+        if self.log is not None:
+            self.log(text)
+        elif self.tty and self.drawn:  # the line above, the progress line below it again
+            self._write(f"\r\x1b[K{text}\n{self.drawn}")
+        else:
+            self._write(text + "\n")
+
+    def progress(self, progress: Progress, last: bool = False) -> None:
+        """Show the progress line if it is due (`last`: it is, and it ends the display)."""
+        text = f"progress: {progress.line()}"
+        due = time.monotonic() - self.last >= (REDRAW_EVERY_S if self.tty else PLAIN_EVERY_S)
+        if not (due or last):
+            return
+        self.last = time.monotonic()
+        if not self.tty:
+            self.line(text)
+            return
+        self._write(f"\r\x1b[K{text}" + ("\n" if last else ""))
+        self.drawn = "" if last else text
+
+    def _write(self, text: str) -> None:
+        if self.stream is not None:  # None in an unpickled copy, which Tune never runs
+            self.stream.write(text)
+            self.stream.flush()
+
+
+class OneLinePerTrial(tune.Callback):
+    """Prints a line for each model and pair as its job ends (see `format_lines`), and
+    keeps the progress line (`Terminal`) current."""
+
+    def __init__(self, configs: list[dict[str, Any]], axes: list[str], terminal: Terminal) -> None:
+        self.axes, self.terminal = axes, terminal
+        self.tally = Tally(configs)
+        self.total = sum(job_size(c) for c in configs)
+
+    def add(self, configs: list[dict[str, Any]]) -> None:
+        """More jobs (a refined sweep's), counted in the lines' totals."""
+        self.tally.add(configs)
+        self.total += sum(job_size(c) for c in configs)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tally.start(trial.trial_id, trial.config)
+        self.terminal.progress(self.tally.progress())
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.terminal.progress(self.tally.progress())  # the ETA ticks between events
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        for line in format_lines(self.finished, self.total, trial.config, trial.last_result or {}, self.axes):
-            (self.log or print)(line)
-        self.finished += job_size(trial.config)
+        done = self.tally.done + self.tally.failed
+        for line in format_lines(done, self.total, trial.config, trial.last_result or {}, self.axes):
+            self.terminal.line(line)
+        self.tally.end(trial.trial_id, trial.config, ok=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.finished += job_size(trial.config)
-        (self.log or print)(f"[{self.finished}/{self.total}] {job_label(trial.config, self.axes)}  "
-                            f"FAILED (see {trial.local_path})")
+        self.tally.end(trial.trial_id, trial.config, ok=False)
+        self.terminal.line(f"[{self.tally.done + self.tally.failed}/{self.total}] "
+                           f"{job_label(trial.config, self.axes)}  FAILED (see {trial.local_path})")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.terminal.progress(self.tally.progress(), last=True)

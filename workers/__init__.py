@@ -8,9 +8,10 @@ The modules form layers; each imports only its own layer or lower ones
 
 0. `errors`, `registry`, `safe_pickle`, `storage`: no project knowledge
 1. `config`: sections, declared bounds, coercion, flat keys, hashing; knows no section
-2. `data`, `models`, `records`, `tables`, `checkpoints`, `augment`, `fast_path`, `mc`:
-   datasets and models with their option sections, the record protocol (table names,
-   keys, what "done" means), tensors-in/tensors-out helpers
+2. `data`, `models`, `records`, `tables`, `checkpoints`, `augment`, `fast_path`, `mc`,
+   `live`: datasets and models with their option sections, the record protocol (table
+   names, keys, what "done" means), what a running job tells its watchers,
+   tensors-in/tensors-out helpers
 3. `train`: the training loop, `Hook`, `Update`, the `train` options
 4. plug-ins, each with its own option section: optimizers (`optim`, `alig`), training
    variants (`late_phase`, `swa`), per-model metrics (`metrics/`), pair metrics

@@ -31,6 +31,7 @@ class RunContext:
     code_version: str = "unknown"
     device: str = "auto"  # "auto": cuda if available, else cpu
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    axes: tuple[str, ...] = ()  # the sweep's grid axes: how a running job is labelled (workers.live)
 
     def resolved_device(self) -> str:
         if self.device == "auto":

@@ -30,6 +30,7 @@ from workers.catalog import TrialConfig
 from workers.data import Splits, prepare
 from workers.fast_path import PLAIN, FastPath
 from workers.late_phase import LatePhase
+from workers.live import JobProgress
 from workers.metrics import METRICS, MetricContext
 from workers.models import load_start, n_parameters, norm_layer
 from workers.optim import LrSchedule, build_optimizer, lr_factor
@@ -81,10 +82,13 @@ def training_hooks(cfg: TrialConfig, model: torch.nn.Module, fast: FastPath = PL
     return TrainingHooks(update, LrSchedule(lr_factor(cfg), update.param_groups), swa)
 
 
-def run_trial(cfg: TrialConfig, ctx: RunContext, solo_reason: str = "") -> dict[str, Any]:
+def run_trial(
+    cfg: TrialConfig, ctx: RunContext, solo_reason: str = "", progress: JobProgress | None = None,
+) -> dict[str, Any]:
     """Train and measure one model as needed; returns its trials row plus metric scalars.
 
-    `solo_reason` (why this trial did not train in a pack) goes into its trials row.
+    `solo_reason` (why this trial did not train in a pack) goes into its trials row;
+    `progress` hears of every epoch trained.
     """
     started = time.perf_counter()
     job = open_job(ctx)
@@ -102,7 +106,7 @@ def run_trial(cfg: TrialConfig, ctx: RunContext, solo_reason: str = "") -> dict[
         forget_training(storage, key)
         row = None
     if row is None:
-        trained = _train(cfg, ctx.sweep, storage, splits, model, job.device, solo_columns(solo_reason))
+        trained = _train(cfg, ctx.sweep, storage, splits, model, job.device, solo_columns(solo_reason), progress)
         row = record_trained(cfg, ctx, storage, splits, trained, started)
         weights = (None, checkpoints.load(storage, key, "init", job.device))
     else:
@@ -162,11 +166,11 @@ def history_row(base: dict[str, Any], stats: EpochStats) -> dict[str, Any]:
 
 def _train(
     cfg: TrialConfig, sweep: str, storage: Storage, splits: Splits, model: torch.nn.Module, device: str,
-    packing: dict[str, Any],
+    packing: dict[str, Any], progress: JobProgress | None,
 ) -> Trained:
     fast = FastPath.for_device(cfg.train, device)
     fast.model(model)  # before the optimizer holds the parameters
-    hooks, log = _start(cfg, storage, model, fast, device, config_columns(cfg, sweep))
+    hooks, log = _start(cfg, storage, model, fast, device, config_columns(cfg, sweep), progress)
     train_start = time.perf_counter()
     x_train = fast.inputs(splits.x_train)
     blown_up = fit(model, hooks.update, x_train, splits.y_train, hooks=hooks, batch_size=cfg.train.batch_size,
@@ -181,6 +185,7 @@ def _train(
 
 def _start(
     cfg: TrialConfig, storage: Storage, model: torch.nn.Module, fast: FastPath, device: str, base: dict[str, Any],
+    progress: JobProgress | None,
 ) -> tuple[TrainingHooks, EpochLog]:
     """The hooks on `model` and the epoch log, restored from the `last` checkpoint of a
     killed run if there is one; a fresh start saves `init` (theta_0) instead."""
@@ -188,7 +193,7 @@ def _start(
     if last is None and cfg.model.init_from:
         load_start(model, cfg.model.init_from)
     hooks = training_hooks(cfg, model, fast)  # ALI-G projects the starting weights here
-    log = EpochLog(cfg, storage, model, hooks, base)
+    log = EpochLog(cfg, storage, model, hooks, base, progress)
     if last is None:
         checkpoints.save(storage, cfg.trial_key, "init", {"model": model.state_dict()})
         return hooks, log
@@ -203,13 +208,15 @@ def _start(
 class EpochLog:
     """`fit`'s end-of-epoch callback: the history row, then every `checkpoint_every`
     epochs the `last` checkpoint a killed run resumes from (not after the final epoch:
-    the records follow at once), then the fault switch of the reliability tests."""
+    the records follow at once), then the epoch to the job's progress (once it is safe),
+    then the fault switch of the reliability tests."""
 
     cfg: TrialConfig
     storage: Storage
     model: torch.nn.Module
     hooks: TrainingHooks
     base: dict[str, Any]  # the config columns of every history row
+    progress: JobProgress | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0  # where this run starts: 0, or the epoch of the `last` checkpoint
 
@@ -221,6 +228,8 @@ class EpochLog:
                 "model": self.model.state_dict(), "hooks": [h.state_dict() for h in self.hooks],
                 "history": self.history, "epoch": stats.epoch,
             })
+        if self.progress is not None:
+            self.progress.end_epoch(stats.epoch, {self.cfg.trial_key: self.history[-1]})
         inject_fault(self.cfg.trial_key, stats.epoch)
 
 

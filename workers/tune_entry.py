@@ -1,4 +1,4 @@
-"""The Ray Tune function: unpack the job, run it, report one result.
+"""The Ray Tune function: unpack the job, run it, report its epochs and its outcome.
 
 Ray ships only this function's reference to the worker; a job's configuration arrives
 as plain values (`TrialConfig.to_flat()` dicts), so any node with the project installed
@@ -9,62 +9,98 @@ trained seeds of a cell, `workers.pair_trial`). `--in-process` runs the same `ru
 
 from __future__ import annotations
 
+import queue
 import socket
 import sys
+import threading
 import time
 import traceback
 from typing import Any
 
 from workers.catalog import TrialConfig
+from workers.live import JobProgress, Report, Unit, unit_values
 from workers.packing.job import run_pack
+from workers.packing.plan import pack_id
 from workers.pair_trial import run_pair
 from workers.records import FAILURES, pair_key, to_table
 from workers.runtime import RunContext
 from workers.storage import Storage
 from workers.trial import run_trial
 
-# Scalars reported to Tune (and so to the driver's progress line); records hold the rest.
-REPORTED = ("status", "train_loss", "train_acc", "test_loss", "test_acc", "mc_train_error",
-            "cka_softmax", "l2_distance", "time_total_s", "host")
+# Scalars of a trials or pairs row reported to Tune at a job's end (and so to the
+# driver's lines and Tune's loggers): the outcome and what places a model or a cell on
+# the phase diagram (`analysis.phases`); the records hold the rest.
+REPORTED = ("status", "train_loss", "train_acc", "test_loss", "test_acc", "hessian_top_eigenvalue",
+            "hessian_trace", "mc", "mc_loss", "mc_test", "cka_softmax", "cka_logits", "l2_distance",
+            "epochs_done", "time_total_s", "host")
+
+
+def job_units(config: dict[str, Any], axes: tuple[str, ...] = ()) -> list[Unit]:
+    """The models and pairs a job records: its model or pair, or a pack's models and the
+    pairs it measures, with the values that label them on the grid (`axes`)."""
+    def model(flat: dict[str, Any]) -> Unit:
+        return Unit(TrialConfig.from_flat(flat).trial_key, "train", unit_values(flat, axes))
+
+    def pair(spec: dict[str, Any]) -> Unit:
+        a, b = spec["a"], spec["b"]
+        key = pair_key(TrialConfig.from_flat(a), TrialConfig.from_flat(b), spec["with_mc"])
+        return Unit(key, "pair", {**unit_values(a, axes), "seed": f"{a['seed']},{b['seed']}"})
+
+    if config["kind"] == "pair":
+        return [pair(config)]
+    if config["kind"] == "pack":
+        return [model(flat) for flat in config["members"]] + [pair(p) for p in config["pairs"]]
+    return [model(config["trial"])]
 
 
 def job_records(config: dict[str, Any]) -> list[tuple[str, str]]:
-    """(record key, kind) of everything a job records: its model or pair, or a pack's
-    models and the pairs it measures. A failed job is filed under each of them, so
-    `analysis status` lists what is missing and clears each once it is recorded."""
-    if config["kind"] == "pair":
-        return [(pair_key(TrialConfig.from_flat(config["a"]), TrialConfig.from_flat(config["b"]),
-                          config["with_mc"]), "pair")]
-    if config["kind"] == "pack":
-        models = [(TrialConfig.from_flat(flat).trial_key, "train") for flat in config["members"]]
-        return models + [(pair_key(TrialConfig.from_flat(p["a"]), TrialConfig.from_flat(p["b"]), p["with_mc"]),
-                          "pair") for p in config["pairs"]]
-    return [(TrialConfig.from_flat(config["trial"]).trial_key, "train")]
+    """(record key, kind) of everything a job records. A failed job is filed under each
+    of them, so `analysis status` lists what is missing and clears each once it is recorded."""
+    return [(unit.key, unit.kind) for unit in job_units(config)]
 
 
-def run_job(config: dict[str, Any]) -> dict[str, Any]:
-    """Run one job described by plain values; returns the row it recorded."""
+def job_progress(config: dict[str, Any], context: RunContext, report: Report | None) -> JobProgress:
+    """The job's progress (`workers.live`), named by its model, pair or pack id."""
+    units = job_units(config, tuple(context.axes))
+    models = [u.key for u in units if u.kind == "train"]
+    name = pack_id(models) if config["kind"] == "pack" else units[0].key
+    flats = config["members"] if config["kind"] == "pack" else [config["trial"]] if config["kind"] == "train" else []
+    return JobProgress(Storage.open(context.storage), name, config["kind"], units,
+                       max((flat.get("epochs", 0) for flat in flats), default=0), report)
+
+
+def run_job(config: dict[str, Any], report: Report | None = None) -> dict[str, Any]:
+    """Run one job described by plain values; returns the row it recorded (a pack: its
+    summary). `report` receives each epoch's figures (`workers.live.JobProgress`)."""
     context = RunContext(**config["context"])
-    if config["kind"] == "pair":
-        a, b = TrialConfig.from_flat(config["a"]), TrialConfig.from_flat(config["b"])
-        return run_pair(a, b, config["with_mc"], context)
-    if config["kind"] == "pack":
-        members = [TrialConfig.from_flat(flat) for flat in config["members"]]
-        pairs = [(TrialConfig.from_flat(p["a"]), TrialConfig.from_flat(p["b"]), p["with_mc"])
-                 for p in config["pairs"]]
-        return summarize_pack(run_pack(members, pairs, context), len(members))
-    assert config["kind"] == "train", f"unknown job kind {config['kind']!r}"
-    return run_trial(TrialConfig.from_flat(config["trial"]), context, config.get("solo_reason", ""))
+    progress = job_progress(config, context, report).start()
+    try:
+        if config["kind"] == "pair":
+            a, b = TrialConfig.from_flat(config["a"]), TrialConfig.from_flat(config["b"])
+            return run_pair(a, b, config["with_mc"], context)
+        if config["kind"] == "pack":
+            members = [TrialConfig.from_flat(flat) for flat in config["members"]]
+            pairs = [(TrialConfig.from_flat(p["a"]), TrialConfig.from_flat(p["b"]), p["with_mc"])
+                     for p in config["pairs"]]
+            return summarize_pack(run_pack(members, pairs, context, progress), len(members))
+        assert config["kind"] == "train", f"unknown job kind {config['kind']!r}"
+        return run_trial(TrialConfig.from_flat(config["trial"]), context, config.get("solo_reason", ""), progress)
+    finally:
+        progress.finish()
 
 
 def summarize_pack(rows: list[dict[str, Any]], members: int) -> dict[str, Any]:
     """One result for a pack job: its status, and each model's and pair's reported
-    scalars (for the progress lines); the records hold every row in full."""
+    scalars by trial or pair key, in the job's order (the driver's lines zip them with
+    its members and pairs; Tune's loggers see `members/<trial key>/<scalar>`); the
+    records hold every row in full."""
     models, pairs = rows[:members], rows[members:]
     diverged = sum(r["status"] != "ok" for r in models)
     return {"status": "ok" if not diverged else f"{diverged} of {members} diverged", "pack_size": members,
             "time_total_s": max(r["time_total_s"] for r in rows), "host": models[0]["host"],
-            "members": [reported(r) for r in models], "pairs": [reported(r) for r in pairs]}
+            "epochs_done": max(r["epochs_done"] for r in models),
+            "members": {r["trial_key"]: reported(r) for r in models},
+            "pairs": {r["pair_key"]: reported(r) for r in pairs}}
 
 
 def reported(row: dict[str, Any]) -> dict[str, Any]:
@@ -83,10 +119,14 @@ def record_failure(config: dict[str, Any], exc: BaseException) -> None:
 
 
 def tune_job(config: dict[str, Any]) -> None:
+    """The Tune function: each epoch's figures to `tune.report` as training goes, then
+    the job's outcome (with the last epoch as `timesteps_total`, where Tune's loggers
+    draw it)."""
     from ray import tune
 
     try:
-        row = run_job(config)
+        with Background(tune.report) as report:
+            row = run_job(config, report)
     except Exception as exc:  # record why, then let Ray retry or mark the trial failed
         try:
             record_failure(config, exc)
@@ -94,4 +134,37 @@ def tune_job(config: dict[str, Any]) -> None:
             print(f"error: could not record the failure of {', '.join(k for k, _ in job_records(config))} "
                   f"({lost}); the failure: {type(exc).__name__}: {exc}", file=sys.stderr)
         raise
-    tune.report(row if config["kind"] == "pack" else reported(row))
+    result = row if config["kind"] == "pack" else reported(row)
+    tune.report({**result, "timesteps_total": result["epochs_done"]} if result.get("epochs_done") else result)
+
+
+class Background:
+    """Calls `report` on a thread of its own, in order. Tune's report blocks its caller
+    until the driver has taken the result (its loggers included: an MLflow write is tens
+    of milliseconds) and asked for the next; here training hands the result over and goes
+    on. Leaving the block waits for every result to be delivered and raises the first
+    error `report` raised."""
+
+    def __init__(self, report: Report) -> None:
+        self._report = report
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._deliver, name="tune-report", daemon=True)
+
+    def __enter__(self) -> Report:
+        self._thread.start()
+        return self._queue.put
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc_info[0] is None:
+            raise self._error
+
+    def _deliver(self) -> None:
+        while (result := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._report(result)
+                except BaseException as exc:  # raised in the job's thread by __exit__
+                    self._error = exc

@@ -33,6 +33,7 @@ from workers.augment import Augment
 from workers.catalog import TrialConfig
 from workers.data import Splits, prepare
 from workers.errors import StorageError
+from workers.live import JobProgress
 from workers.models import load_start
 from workers.optim import lr_factor
 from workers.packing.modules import member_state, pack
@@ -49,9 +50,12 @@ from workers.trial import Trained, history_row, inject_fault, record_trained, ru
 PairSpec = tuple[TrialConfig, TrialConfig, bool]  # two seeds of a cell, with mode connectivity or not
 
 
-def run_pack(cfgs: Sequence[TrialConfig], pairs: Sequence[PairSpec], ctx: RunContext) -> list[dict[str, Any]]:
+def run_pack(
+    cfgs: Sequence[TrialConfig], pairs: Sequence[PairSpec], ctx: RunContext, progress: JobProgress | None = None,
+) -> list[dict[str, Any]]:
     """Train, record and measure the members of a pack, then its pairs; returns each
-    member's trials row (with metric scalars) followed by each pair's row.
+    member's trials row (with metric scalars) followed by each pair's row. `progress`
+    hears of every epoch trained.
 
     A retry of a pack killed while its members were being recorded resumes the whole
     pack from its checkpoint (the recorded members are not written again); otherwise
@@ -61,11 +65,11 @@ def run_pack(cfgs: Sequence[TrialConfig], pairs: Sequence[PairSpec], ctx: RunCon
     key = pack_id([c.trial_key for c in cfgs])
     todo = [c for c in cfgs if not storage.exists(record_path(TRIALS, c.trial_key))]
     if todo and checkpoints.exists(storage, key, "last"):
-        train_pack(cfgs, ctx, storage)
+        train_pack(cfgs, ctx, storage, progress)
     elif len(todo) == 1:
-        run_trial(todo[0], ctx, solo_reason="the other members of its pack were trained already")
+        run_trial(todo[0], ctx, solo_reason="the other members of its pack were trained already", progress=progress)
     elif todo:
-        train_pack(todo, ctx, storage)
+        train_pack(todo, ctx, storage, progress)
     checkpoints.remove(storage, key, "last")  # left by a kill after the last member was recorded
     rows = [run_trial(c, ctx) for c in cfgs]  # each member's missing metrics, on its own model
     return rows + [run_pair(a, b, with_mc, ctx) for a, b, with_mc in pairs]
@@ -86,7 +90,9 @@ def member_splits(cfgs: Sequence[TrialConfig], device: str) -> list[Splits]:
     return splits
 
 
-def train_pack(cfgs: Sequence[TrialConfig], ctx: RunContext, storage: Storage) -> None:
+def train_pack(
+    cfgs: Sequence[TrialConfig], ctx: RunContext, storage: Storage, progress: JobProgress | None = None,
+) -> None:
     """Train `cfgs` as one packed network and record every member not recorded yet."""
     started = time.perf_counter()
     device = ctx.resolved_device()
@@ -95,7 +101,8 @@ def train_pack(cfgs: Sequence[TrialConfig], ctx: RunContext, storage: Storage) -
     fast = pack_fast_path(cfgs[0].train, device)
     fast.model(packed)  # before the optimizer holds the parameters
     optimizer = build_packed_optimizer(list(packed.parameters()), cfgs)  # ALI-G projects here
-    log = PackLog.start(cfgs, storage, packed, optimizer, [config_columns(c, ctx.sweep) for c in cfgs], device)
+    log = PackLog.start(cfgs, storage, packed, optimizer, [config_columns(c, ctx.sweep) for c in cfgs], device,
+                        progress)
     train_start, train = time.perf_counter(), cfgs[0].train
     fit_packed(PackedUpdate(packed, optimizer, fast), splits[0].x_train, [s.y_train for s in splits],
                batch_size=train.batch_size, seeds=[c.train.seed for c in cfgs], epochs=train.epochs,
@@ -135,7 +142,8 @@ def _member_models(cfgs: Sequence[TrialConfig], splits: Sequence[Splits], device
 class PackLog:
     """`fit_packed`'s end-of-epoch callback: each member's history row and divergence,
     every `checkpoint_every` epochs the pack's `last` checkpoint (not after the final
-    epoch), then the fault switch; answers whether any member still trains."""
+    epoch), the epoch's rows to the job's progress, then the fault switch; answers
+    whether any member still trains."""
 
     cfgs: Sequence[TrialConfig]
     storage: Storage
@@ -145,6 +153,7 @@ class PackLog:
     histories: list[list[dict[str, Any]]]
     blown_up: list[int]  # per member: the epoch its loss was not finite; 0: still training
     start_epoch: int = 0
+    progress: JobProgress | None = None
 
     @property
     def key(self) -> str:
@@ -152,10 +161,11 @@ class PackLog:
 
     @classmethod
     def start(cls, cfgs: Sequence[TrialConfig], storage: Storage, packed: torch.nn.Module,
-              optimizer: torch.optim.Optimizer, bases: list[dict[str, Any]], device: str) -> PackLog:
+              optimizer: torch.optim.Optimizer, bases: list[dict[str, Any]], device: str,
+              progress: JobProgress | None = None) -> PackLog:
         """A fresh log (saving each member's `init`), or the one of the `last` checkpoint
         a killed run left, with the pack's weights and optimizer state restored."""
-        log = cls(cfgs, storage, packed, optimizer, bases, [[] for _ in cfgs], [0] * len(cfgs))
+        log = cls(cfgs, storage, packed, optimizer, bases, [[] for _ in cfgs], [0] * len(cfgs), progress=progress)
         last = checkpoints.load_or_quarantine(storage, log.key, "last", device)  # damaged: start over
         if last is None:
             for g, cfg in enumerate(cfgs):
@@ -167,16 +177,20 @@ class PackLog:
         return log
 
     def __call__(self, stats: list[EpochStats]) -> bool:
+        rows = {}  # this epoch's row of each member that trained in it
         for g, member in enumerate(stats):
             if not self.blown_up[g]:
                 self.histories[g].append(history_row(self.bases[g], member))
                 self.blown_up[g] = member.epoch if member.diverged else 0
+                rows[self.cfgs[g].trial_key] = self.histories[g][-1]
         epoch, train = stats[0].epoch, self.cfgs[0].train
         if epoch % train.checkpoint_every == 0 and epoch < train.epochs:
             checkpoints.save(self.storage, self.key, "last", {
                 "model": self.packed.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "histories": self.histories, "blown_up": self.blown_up, "epoch": epoch,
             })
+        if self.progress is not None:
+            self.progress.end_epoch(epoch, rows)
         for trial_key in (self.key, *(c.trial_key for c in self.cfgs)):
             inject_fault(trial_key, epoch)
         return not all(self.blown_up)
