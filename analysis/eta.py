@@ -46,17 +46,17 @@ class Durations:
         return None
 
 
-def eta_seconds(durations: Durations, pending: Iterable[Shape],
+def eta_seconds(durations: Durations, pending: Mapping[Shape, int],
                 running: Iterable[tuple[list[Shape], float]], workers: int) -> float | None:
-    """Seconds until the last unit ends: what `pending` units and the `running` jobs
-    ((their units, seconds they have run)) still take, over `workers` jobs at a time;
-    None while nothing has finished to learn from."""
+    """Seconds until the last unit ends: what the `pending` units (count by class) and
+    the `running` jobs ((their units, seconds they have run)) still take, over `workers`
+    jobs at a time; None while nothing has finished to learn from."""
     left = 0.0
-    for unit in pending:
+    for unit, count in pending.items():
         estimate = durations.estimate(unit)
         if estimate is None:
             return None
-        left += estimate
+        left += count * estimate
     for units, elapsed in running:
         estimates = [durations.estimate(u) for u in units]
         if None in estimates:
@@ -83,17 +83,18 @@ class Progress:
 
     done: int
     running: int
-    pending: int
+    pending: int | None  # None: not known (a refined sweep's driver decides as it goes)
     failed: int
     models_per_hour: float | None = None
     eta_s: float | None = None
 
     def line(self) -> str:
         """`10/24 done, 4 running, 9 pending, 1 failed | 41.3 models/h | ETA 3m20s`."""
-        total = self.done + self.running + self.pending + self.failed
+        pending = "?" if self.pending is None else self.pending
+        total = "?" if self.pending is None else self.done + self.running + self.pending + self.failed
         rate = "-" if self.models_per_hour is None else f"{self.models_per_hour:.3g}"
         eta = "-" if self.eta_s is None else ("0s" if not (self.running or self.pending) else clock(self.eta_s))
-        return (f"{self.done}/{total} done, {self.running} running, {self.pending} pending, {self.failed} failed"
+        return (f"{self.done}/{total} done, {self.running} running, {pending} pending, {self.failed} failed"
                 f" | {rate} models/h | ETA {eta}")
 
 

@@ -76,20 +76,24 @@ def _seconds(kind: str, rows: pd.DataFrame) -> pd.Series:
     return rows["time_total_s"] / pack_size + rows[metrics].fillna(0).sum(axis=1)
 
 
-def sweep_progress(sweep: Sweep, failed: int, now: float | None = None) -> SweepProgress:
-    """The progress of `sweep` (`failed`: units whose last attempt failed)."""
+def sweep_progress(sweep: Sweep, failed: int, now: float | None = None, known: bool = True) -> SweepProgress:
+    """The progress of `sweep` (`failed`: units whose last attempt failed). `known`:
+    whether the grid says what is pending (a refined sweep's driver decides it as it
+    goes: pending and the ETA are then unknown)."""
     now = time.time() if now is None else now
     storage = Storage.open(sweep.path)
     jobs, started = running_jobs(storage), run_started(storage)
     done, durations = recorded_units(sweep)
-    running = [([shape(u["kind"], u["values"]) for u in job["units"]], now - job["started_at"]) for job in jobs]
+    recorded = set(sweep.trials.get("trial_key", [])) | set(sweep.pairs.get("pair_key", []))
+    running = [([shape(u["kind"], u["values"]) for u in job["units"] if u["key"] not in recorded],
+                now - job["started_at"]) for job in jobs]  # a pack's recorded models count as done
     pending = expected_units(sweep.spec) - done - Counter(s for units, _ in running for s in units)
-    n_pending = max(0, sum(pending.values()) - failed)
+    n_pending = max(0, sum(pending.values()) - failed) if known else None
     models = 0
     if started is not None and "written_at" in sweep.trials:
         written = pd.to_datetime(sweep.trials["written_at"], utc=True, errors="coerce")
         models = int((written >= pd.Timestamp(math.floor(started), unit="s", tz="UTC")).sum())
-    eta = eta_seconds(durations, pending.elements(), running, len(running)) if jobs else None
+    eta = eta_seconds(durations, pending, running, len(running)) if jobs and known else None
     progress = Progress(sum(done.values()), sum(len(units) for units, _ in running), n_pending, failed,
                         per_hour(models, now - started) if started is not None else None, eta)
     return SweepProgress(progress, jobs, started)
@@ -103,14 +107,12 @@ def format_running(jobs: list[dict[str, Any]], now: float | None = None) -> list
     now = time.time() if now is None else now
     lines = []
     for job in jobs:
-        units = job["units"]
+        units = [u for u in job["units"] if u["kind"] == "train"] or job["units"]  # a pair job: its pair
         names = {k: ",".join(dict.fromkeys(str(u["values"][k]) for u in units if k in u["values"]))
                  for u in units for k in u["values"]}
         label = " ".join(f"{k}={v}" for k, v in names.items())
-        if job["kind"] == "pack":
-            label = f"pack of {sum(u['kind'] == 'train' for u in units)} {label}"
-        elif job["kind"] == "pair":
-            label = f"pair {label}"
+        if job["kind"] != "train":
+            label = f"{'pair' if job['kind'] == 'pair' else f'pack of {len(units)}'} {label}"
         figures = job.get("figures") or {}
         losses = ",".join(f"{f['train_loss']:.4g}" for f in figures.values() if "train_loss" in f)
         epoch = f"  epoch {job['epoch']}/{job['epochs']}" if job.get("epochs") else ""

@@ -80,7 +80,7 @@ def format_status(sweep: Sweep) -> str:
         miss = "?" if s.missing is None else str(s.missing)
         lines.append(f"{s.table:<10}{exp:>10}{s.done:>8}{s.diverged:>10}{s.failed:>8}{miss:>9}")
     failed = failed_jobs(sweep)
-    live = sweep_progress(sweep, len(failed))
+    live = sweep_progress(sweep, len(failed), known=not sweep.spec.get("refine"))
     if live.run_started is not None or live.running:
         lines.append(f"progress: {live.progress.line()}")
         lines += ["running:", *format_running(live.running)] if live.running else []
@@ -101,18 +101,24 @@ def format_status(sweep: Sweep) -> str:
 
 
 def complete(sweep: Sweep) -> bool:
-    """Every table holds what the grid expects, and no job of it is running."""
-    finished = all(s.missing == 0 for s in table_status(sweep) if s.expected is not None)
-    return finished and not sweep_progress(sweep, 0).running
+    """No job of the sweep runs, and every table holds what the grid expects (for a
+    refined sweep, whose driver decides what is left: its driver's run is over)."""
+    live = sweep_progress(sweep, 0)
+    if live.running:
+        return False
+    if sweep.spec.get("refine"):
+        return live.run_started is None
+    return all(s.missing == 0 for s in table_status(sweep) if s.expected is not None)
 
 
-def watch(path: str, every: float, out: TextIO | None = None) -> None:
+def watch(path: str, every: float, out: TextIO | None = None, all_specs: bool = False) -> None:
     """Print the status every `every` seconds until the sweep is complete: redrawn on a
-    terminal, one block after another elsewhere. Ctrl-C ends it sooner."""
+    terminal, one block after another elsewhere. Ctrl-C ends it sooner. `all_specs`: as
+    `load_sweep`'s."""
     out = sys.stdout if out is None else out
     clear = "\x1b[H\x1b[2J" if out.isatty() else ""
     while True:
-        sweep = load_sweep(path)
+        sweep = load_sweep(path, all_specs)
         done = complete(sweep)
         note = "complete" if done else f"refreshed every {every:g}s, Ctrl-C to stop"
         out.write(f"{clear}{format_status(sweep)}\n[{time.strftime('%H:%M:%S')}] {note}\n\n")

@@ -312,12 +312,12 @@ def _run_in_process(jobs: list[Job], axes: list[str], log: Log | None) -> int:
     total = sum(job_size(job.config) for job in jobs)
     for job in jobs:
         tally.start(job.key, job.config)
-        terminal.progress(tally.progress())
+        terminal.progress(tally.progress)
         result = run_job(job.config)
         for line in format_lines(tally.done, total, job.config, result, axes):
             terminal.line(line)
         tally.end(job.key, job.config, ok=True)
-    terminal.progress(tally.progress(), last=True)
+    terminal.progress(tally.progress, last=True)
     return 0
 
 

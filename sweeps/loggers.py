@@ -40,7 +40,7 @@ def parse_loggers(text: str) -> tuple[str, ...]:
                               "(any of them, comma-separated)")
         missing = [module for module in LOGGERS[name] if importlib.util.find_spec(module) is None]
         if missing:
-            raise ConfigError("--log", f"{name} needs {', '.join(missing)}, which is not installed: "
+            raise ConfigError("--log", f"{name} is not installed (no module {', '.join(missing)}): "
                               f"pip install -e \".[{name}]\"")
     return names
 

@@ -122,8 +122,8 @@ class Tally:
     def progress(self) -> Progress:
         now = time.monotonic()
         running = [(units, now - began) for units, began in self.running.values()]
-        pending = list(self.pending.elements())
-        return Progress(self.done, sum(len(u) for u, _ in running), len(pending), self.failed,
+        pending = +self.pending  # the classes still pending
+        return Progress(self.done, sum(len(u) for u, _ in running), sum(pending.values()), self.failed,
                         per_hour(self.models, now - self.started),
                         eta_seconds(self.durations, pending, running, len(running)))
 
@@ -155,13 +155,14 @@ class Terminal:
         else:
             self._write(text + "\n")
 
-    def progress(self, progress: Progress, last: bool = False) -> None:
-        """Show the progress line if it is due (`last`: it is, and it ends the display)."""
-        text = f"progress: {progress.line()}"
+    def progress(self, progress: Callable[[], Progress], last: bool = False) -> None:
+        """Show the progress line if it is due (`last`: it is, and it ends the display);
+        `progress` makes it, only then (Tune's loop calls this many times a second)."""
         due = time.monotonic() - self.last >= (REDRAW_EVERY_S if self.tty else PLAIN_EVERY_S)
         if not (due or last):
             return
         self.last = time.monotonic()
+        text = f"progress: {progress().line()}"
         if not self.tty:
             self.line(text)
             return
@@ -190,10 +191,10 @@ class OneLinePerTrial(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tally.start(trial.trial_id, trial.config)
-        self.terminal.progress(self.tally.progress())
+        self.terminal.progress(self.tally.progress)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        self.terminal.progress(self.tally.progress())  # the ETA ticks between events
+        self.terminal.progress(self.tally.progress)  # the ETA ticks between events
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         done = self.tally.done + self.tally.failed
@@ -207,4 +208,4 @@ class OneLinePerTrial(tune.Callback):
                            f"{job_label(trial.config, self.axes)}  FAILED (see {trial.local_path})")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.terminal.progress(self.tally.progress(), last=True)
+        self.terminal.progress(self.tally.progress, last=True)

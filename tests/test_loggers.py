@@ -78,7 +78,7 @@ def test_every_logger_sees_each_epoch_of_each_model(ray_session, tmp_path, monke
 
 @pytest.mark.parametrize("value, message", [
     ("tensorboard,bogus", "--log: unknown logger 'bogus'; allowed: tensorboard, csv, mlflow, wandb (any of them, comma-separated)"),
-    ("wandb", '--log: wandb needs wandb, which is not installed: pip install -e ".[wandb]"'),
+    ("wandb", '--log: wandb is not installed (no module wandb): pip install -e ".[wandb]"'),
 ])
 def test_bad_log_names_the_option_and_writes_nothing(tmp_path, monkeypatch, capsys, value, message):
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if W&B were not installed

@@ -22,7 +22,7 @@ def test_the_eta_takes_each_class_its_own_time_and_shares_the_rest_over_the_runn
     assert seen.estimate(("train", 2, 128)) == 10.0
     assert seen.estimate(("train", 8, 128)) == 20.0  # a width not seen yet: the mean of its kind
     assert seen.estimate(("pair", 2, 128)) == 20.0  # no pair seen yet: the mean of everything
-    pending = [("train", 2, 128)] * 3 + [("train", 16, 128), ("train", 8, 128), ("pair", 2, 128)]
+    pending = {("train", 2, 128): 3, ("train", 16, 128): 1, ("train", 8, 128): 1, ("pair", 2, 128): 1}
     running = [([("train", 2, 128), ("train", 2, 128)], 5.0)]  # a pack of two, 5 s in
     assert eta_seconds(seen, pending, running, workers=2) == (30 + 40 + 20 + 20 + 15) / 2
     assert eta_seconds(Durations(), pending, running, workers=2) is None  # nothing to learn from yet
@@ -32,6 +32,7 @@ def test_the_line_reads_done_running_pending_failed_rate_and_eta():
     line = Progress(done=10, running=4, pending=9, failed=1, models_per_hour=41.34, eta_s=200).line()
     assert line == "10/24 done, 4 running, 9 pending, 1 failed | 41.3 models/h | ETA 3m20s"
     assert Progress(0, 1, 3, 0).line() == "0/4 done, 1 running, 3 pending, 0 failed | - models/h | ETA -"
+    assert Progress(5, 2, None, 0).line() == "5/? done, 2 running, ? pending, 0 failed | - models/h | ETA -"
     assert [clock(s) for s in (45, 250, 7500, 273600)] == ["45s", "4m10s", "2h05m", "3d04h"]
 
 
@@ -82,9 +83,9 @@ class Screen(io.StringIO):
 def test_on_a_terminal_the_line_is_redrawn_in_place_and_stays_below_the_job_lines():
     screen = Screen(tty=True)
     terminal = Terminal(stream=screen)
-    terminal.progress(Progress(0, 1, 3, 0))
+    terminal.progress(lambda: Progress(0, 1, 3, 0))
     terminal.line("[1/4] width=2 seed=0  ok")
-    terminal.progress(Progress(1, 1, 2, 0), last=True)
+    terminal.progress(lambda: Progress(1, 1, 2, 0), last=True)
     assert screen.getvalue() == (
         "\r\x1b[Kprogress: 0/4 done, 1 running, 3 pending, 0 failed | - models/h | ETA -"
         "\r\x1b[K[1/4] width=2 seed=0  ok\nprogress: 0/4 done, 1 running, 3 pending, 0 failed | - models/h | ETA -"
@@ -96,11 +97,11 @@ def test_elsewhere_it_is_a_plain_line_now_and_then_and_at_the_end(monkeypatch):
     monkeypatch.setattr(progress.time, "monotonic", clock_)
     screen = Screen(tty=False)
     terminal = Terminal(stream=screen)
-    terminal.progress(Progress(0, 1, 3, 0))
+    terminal.progress(lambda: Progress(0, 1, 3, 0))
     clock_.now += progress.PLAIN_EVERY_S / 2
-    terminal.progress(Progress(1, 1, 2, 0))  # too soon for a log file
+    terminal.progress(lambda: Progress(1, 1, 2, 0))  # too soon for a log file
     terminal.line("[1/4] width=2 seed=0  ok")
-    terminal.progress(Progress(4, 0, 0, 0), last=True)
+    terminal.progress(lambda: Progress(4, 0, 0, 0), last=True)
     lines = screen.getvalue().splitlines()
     assert [line.split(" done")[0] for line in lines] == ["progress: 0/4", "[1/4] width=2 seed=0  ok", "progress: 4/4"]
     assert "\r" not in screen.getvalue()
@@ -110,4 +111,4 @@ def test_the_callback_pickles_without_its_stream():
     callback = OneLinePerTrial(jobs(), ["width", "seed"], Terminal(stream=Screen(tty=True)))
     copy = pickle.loads(pickle.dumps(callback))
     assert copy.total == 4 and copy.terminal.stream is None
-    copy.terminal.progress(Progress(0, 0, 4, 0), last=True)  # a copy that writes nowhere
+    copy.terminal.progress(lambda: Progress(0, 0, 4, 0), last=True)  # a copy that writes nowhere

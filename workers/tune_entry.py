@@ -64,9 +64,9 @@ def job_progress(config: dict[str, Any], context: RunContext, report: Report | N
     units = job_units(config, tuple(context.axes))
     models = [u.key for u in units if u.kind == "train"]
     name = pack_id(models) if config["kind"] == "pack" else units[0].key
-    flats = config["members"] if config["kind"] == "pack" else [config["trial"]] if config["kind"] == "train" else []
+    trained = config["members"] if config["kind"] == "pack" else [config["trial"]] if config["kind"] == "train" else []
     return JobProgress(Storage.open(context.storage), name, config["kind"], units,
-                       max((flat.get("epochs", 0) for flat in flats), default=0), report)
+                       max((flat["epochs"] for flat in trained), default=0), report)
 
 
 def run_job(config: dict[str, Any], report: Report | None = None) -> dict[str, Any]:
