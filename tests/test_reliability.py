@@ -140,6 +140,7 @@ def test_a_full_disk_ends_the_sweep_with_one_line_and_every_unrecorded_failure_p
         proc = cli(full, *SMALL, "--set", "seed=0,1,2,3", "--set", "epochs=1", "--set", "milestones=1",
                    "--max-retries", "0", "--pack", "off", env={"RAY_DEDUP_LOGS": "0"})
         out, _ = proc.communicate(timeout=300)
+        filed = len(list((full / "s" / "failures").glob("*.parquet")))  # failures that found room after all
     finally:
         subprocess.run(["umount", str(full)], check=True)
     assert proc.returncode == 1, out
@@ -147,7 +148,8 @@ def test_a_full_disk_ends_the_sweep_with_one_line_and_every_unrecorded_failure_p
     match = re.fullmatch(r"error: \S+ stopped taking writes \(.*No space left on device\): (\d) of 4 models and "
                          r"pairs recorded, (\d) not; free space and rerun the same command", last)
     assert match, last
-    assert out.count("error: could not record the failure of") == int(match.group(2)) >= 1
+    # Which failures still fit (a failed write frees its pages) depends on timing; each is filed or printed.
+    assert out.count("error: could not record the failure of") + filed == int(match.group(2)) >= 1
     assert "Traceback (most recent call last):\n" not in out.split("Trials did not complete")[-1]
 
 

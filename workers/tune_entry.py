@@ -71,22 +71,31 @@ def job_progress(config: dict[str, Any], context: RunContext, report: Report | N
 
 def run_job(config: dict[str, Any], report: Report | None = None) -> dict[str, Any]:
     """Run one job described by plain values; returns the row it recorded (a pack: its
-    summary). `report` receives each epoch's figures (`workers.live.JobProgress`)."""
+    summary). `report` receives each epoch's figures (`workers.live.JobProgress`). A job
+    that fails is filed (`file_failure`) and raises, so Tune retries it or marks it
+    failed; its progress file goes last, once it is recorded or filed."""
     context = RunContext(**config["context"])
     progress = job_progress(config, context, report).start()
     try:
-        if config["kind"] == "pair":
-            a, b = TrialConfig.from_flat(config["a"]), TrialConfig.from_flat(config["b"])
-            return run_pair(a, b, config["with_mc"], context)
-        if config["kind"] == "pack":
-            members = [TrialConfig.from_flat(flat) for flat in config["members"]]
-            pairs = [(TrialConfig.from_flat(p["a"]), TrialConfig.from_flat(p["b"]), p["with_mc"])
-                     for p in config["pairs"]]
-            return summarize_pack(run_pack(members, pairs, context, progress), len(members))
-        assert config["kind"] == "train", f"unknown job kind {config['kind']!r}"
-        return run_trial(TrialConfig.from_flat(config["trial"]), context, config.get("solo_reason", ""), progress)
+        return _run(config, context, progress)
+    except Exception as exc:
+        file_failure(config, exc)
+        raise
     finally:
         progress.finish()
+
+
+def _run(config: dict[str, Any], context: RunContext, progress: JobProgress) -> dict[str, Any]:
+    if config["kind"] == "pair":
+        a, b = TrialConfig.from_flat(config["a"]), TrialConfig.from_flat(config["b"])
+        return run_pair(a, b, config["with_mc"], context)
+    if config["kind"] == "pack":
+        members = [TrialConfig.from_flat(flat) for flat in config["members"]]
+        pairs = [(TrialConfig.from_flat(p["a"]), TrialConfig.from_flat(p["b"]), p["with_mc"])
+                 for p in config["pairs"]]
+        return summarize_pack(run_pack(members, pairs, context, progress), len(members))
+    assert config["kind"] == "train", f"unknown job kind {config['kind']!r}"
+    return run_trial(TrialConfig.from_flat(config["trial"]), context, config.get("solo_reason", ""), progress)
 
 
 def summarize_pack(rows: list[dict[str, Any]], members: int) -> dict[str, Any]:
@@ -107,6 +116,16 @@ def reported(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in REPORTED if k in row}
 
 
+def file_failure(config: dict[str, Any], exc: BaseException) -> None:
+    """Record why a job failed; if the storage itself fails, say so on stderr (a worker's
+    stderr reaches the driver's terminal)."""
+    try:
+        record_failure(config, exc)
+    except OSError as lost:
+        print(f"error: could not record the failure of {', '.join(k for k, _ in job_records(config))} "
+              f"({lost}); the failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
 def record_failure(config: dict[str, Any], exc: BaseException) -> None:
     """Write `failures/<key>.<time>.parquet` (one file per failed attempt and record
     the job owes) for `status`."""
@@ -124,16 +143,8 @@ def tune_job(config: dict[str, Any]) -> None:
     draw it)."""
     from ray import tune
 
-    try:
-        with Background(tune.report) as report:
-            row = run_job(config, report)
-    except Exception as exc:  # record why, then let Ray retry or mark the trial failed
-        try:
-            record_failure(config, exc)
-        except OSError as lost:  # the storage itself failed: say it here, the driver's terminal shows it
-            print(f"error: could not record the failure of {', '.join(k for k, _ in job_records(config))} "
-                  f"({lost}); the failure: {type(exc).__name__}: {exc}", file=sys.stderr)
-        raise
+    with Background(tune.report) as report:
+        row = run_job(config, report)
     result = row if config["kind"] == "pack" else reported(row)
     tune.report({**result, "timesteps_total": result["epochs_done"]} if result.get("epochs_done") else result)
 
