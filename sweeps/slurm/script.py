@@ -28,9 +28,12 @@ from datetime import datetime
 from sweeps.slurm.command import SweepCommand
 from sweeps.slurm.request import RESUBMIT_WARNING_S, JobRequest
 
-# Ray's ports: blocks of 1,000 from 10000, all below 32768 where Linux picks the ports of
-# outgoing connections; 22 blocks, so jobs whose ids differ by less than 22 never share one.
-PORT_BLOCKS = 22
+# Ray's ports: blocks of 1,000 from 11000 (Ray's client server keeps its default 10001,
+# which it cannot be moved from without ray[client]), all below 32768 where Linux picks the
+# ports of outgoing connections; 21 blocks, so jobs whose ids differ by less than 21 never
+# share one.
+FIRST_PORT = 11000
+PORT_BLOCKS = 21
 HEAD_WAIT_S = 120  # how long the explicit form waits for the head's Ray before giving up
 
 
@@ -97,7 +100,7 @@ cpus={cpus}
 step=(--ntasks-per-node=1 --cpus-per-task="$cpus"{gpus})
 head_ip=$(srun --nodes=1 --ntasks=1 -w "${{nodes[0]}}" hostname --ip-address |
     tr ' ' '\\n' | grep -m 1 -E '^[0-9.]+$')  # its first IPv4 address
-port=$(( 10000 + SLURM_JOB_ID % {PORT_BLOCKS} * 1000 ))
+port=$(( {FIRST_PORT} + SLURM_JOB_ID % {PORT_BLOCKS} * 1000 ))
 address=$head_ip:$port
 ray_args=(--num-cpus="$cpus" --num-gpus={request.gpus_per_node} --include-dashboard=false --disable-usage-stats
     --node-manager-port=$((port + 1)) --object-manager-port=$((port + 2)) --dashboard-port=$((port + 3))
