@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workers.records import FAILURES, MEASURES, PAIRS, TRIALS, owning_record
+from workers.records import DONE_TABLES, FAILURES, PAIRS, TRIALS, owning_record
 from workers.storage import Storage
 
 SPECS = "specs"  # the folder of `<spec_id>.json` files
@@ -59,7 +59,7 @@ def read_lens(storage: Storage, spec: dict[str, Any]) -> Lens | None:
         return None
     try:
         body = json.loads(storage.read_bytes(spec_path(spec_id)))
-        return Lens(spec_id, {table: frozenset(body["records"][table]) for table in (TRIALS, MEASURES, PAIRS)})
+        return Lens(spec_id, {table: frozenset(body["records"][table]) for table in DONE_TABLES})
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"warning: {storage.path(spec_path(spec_id))} cannot be read ({exc}); reading every record of "
               "the folder, whatever spec wrote it", file=sys.stderr)

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from workers.config import SCHEMA_VERSION
 from workers.errors import StorageError
-from workers.records import CURVES, HISTORY, MEASURES, PAIRS, TABLES, TRIALS, owning_record, record_path
+from workers.records import DONE_TABLES, LONG_TABLES, TABLES, owning_record, record_path
 from workers.storage import FileStamp, Storage, parquet_bytes, read_parquet
 
 FOLDER = "tables"  # `<sweep>/tables/<table>.parquet`
@@ -231,7 +231,7 @@ def quarantine_damaged(storage: Storage) -> list[str]:
     next run recomputes them; returns one line per file moved, naming it. Records the
     consolidated file holds at their listed size and mtime are known good and not read."""
     lines = []
-    for table in (TRIALS, MEASURES, PAIRS, HISTORY, CURVES):
+    for table in (*DONE_TABLES, *LONG_TABLES):  # done-records first: a long record's owner may go with it
         for relpath in storage.quarantine_unreadable(table, trusted=held_records(storage, table)):
             lines.append(f"warning: {relpath} was unreadable; moved to _quarantine/, will be recomputed")
             owner = owning_record(table, relpath[len(table) + 1:-len(".parquet")])
