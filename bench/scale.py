@@ -51,7 +51,7 @@ def peak_rss_mb() -> float:
 
 def grid_jobs(n_trials: int) -> list:
     """`n_trials` training jobs with real, validated configs and the driver's job shape."""
-    from sweeps.searcher import Job
+    from sweeps.plan import Job
     from sweeps.spec import SweepSpec
     from workers.runtime import RunContext
 
@@ -71,7 +71,8 @@ def driver_figures(n_trials: int) -> dict[str, Any]:
     import ray
     from ray import tune
 
-    from sweeps.driver import SHARD_SIZE, RunOptions, run_jobs
+    from sweeps.driver import RunOptions
+    from sweeps.execute import SHARD_SIZE, run_jobs
 
     def placeholder(config: dict[str, Any]) -> None:  # nested: Ray ships it by value
         tune.report({"status": "ok"})

@@ -21,6 +21,7 @@ from ray import tune
 
 from analysis.eta import Durations, Progress, Shape, eta_seconds, per_hour, shape
 from sweeps.spec import describe
+from workers.records import FAILED
 
 # Result fields worth a glance, in the order printed when present.
 SHOWN = ("train_loss", "test_acc", "mc", "cka_softmax", "l2_distance")
@@ -72,10 +73,19 @@ def _parts(config: dict[str, Any], result: dict[str, Any], axes: list[str]) -> l
     return models + pairs
 
 
+def failed_for_good(result: dict[str, Any]) -> bool:
+    """Whether a job's result says it failed and will not be tried again."""
+    return result.get("status") == FAILED and "members" not in result
+
+
 def format_lines(done: int, total: int, config: dict[str, Any], result: dict[str, Any],
                  axes: list[str]) -> list[str]:
     """`[done/total] label status figures time host` for each model and pair of a
-    finished job; `done` counts those finished before it."""
+    finished job; `done` counts those finished before it. A job that failed for good
+    gets one line: what failed and its failure record in the sweep folder."""
+    if failed_for_good(result):
+        return [f"[{done + job_size(config)}/{total}] {job_label(config, axes)}  FAILED: {result['error']}"
+                + (f" (see {result['failure']})" if result.get("failure") else "")]
     lines = []
     for i, (label, row) in enumerate(_parts(config, result, axes), done + 1):
         figures = " ".join(f"{k}={row[k]:.4g}" for k in SHOWN
@@ -198,9 +208,10 @@ class OneLinePerTrial(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         done = self.tally.done + self.tally.failed
-        for line in format_lines(done, self.total, trial.config, trial.last_result or {}, self.axes):
+        result = trial.last_result or {}
+        for line in format_lines(done, self.total, trial.config, result, self.axes):
             self.terminal.line(line)
-        self.tally.end(trial.trial_id, trial.config, ok=True)
+        self.tally.end(trial.trial_id, trial.config, ok=not failed_for_good(result))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tally.end(trial.trial_id, trial.config, ok=False)

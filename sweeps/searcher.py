@@ -14,30 +14,12 @@ nothing more.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ray.tune.search import Searcher
 
-
-@dataclass(frozen=True)
-class Job:
-    """One unit of Tune work: train a model, or measure a pair of trained models."""
-
-    key: str  # trial_key, pack id or pair_key
-    config: dict[str, Any]  # what the Tune function receives
-    needs: tuple[str, ...] = ()  # trial keys that must be finished first
-    trains: tuple[str, ...] = ()  # trial keys it trains (a pack's members); () : just `key`
-
-    @property
-    def trained(self) -> tuple[str, ...]:
-        """The trial keys that exist once this job has finished (none for a pair)."""
-        return () if self.needs else (self.trains or (self.key,))
-
-
-# More jobs for a refined sweep, and the trial keys of models they need that exist already.
-Extend = Callable[[], tuple[list[Job], set[str]]]
+from sweeps.plan import Extend, Job
+from sweeps.progress import failed_for_good
 
 
 class SweepSearcher(Searcher):
@@ -84,7 +66,7 @@ class SweepSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         job = self._running.pop(trial_id, None)
         self._news = True
-        if job is not None and job.trained and not error:
+        if job is not None and job.trained and not error and not failed_for_good(result or {}):
             self._finished.update(job.trained)
             self._release()
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("workers", "workers.errors", "workers.registry", "workers.safe_pickle", "workers.storage"),
     1: ("workers.config",),
-    2: ("workers.data", "workers.models", "workers.records", "workers.tables", "workers.checkpoints",
+    2: ("workers.data", "workers.models", "workers.records", "workers.tables", "workers.lineage", "workers.checkpoints",
         "workers.augment", "workers.fast_path", "workers.mc", "workers.live"),
     3: ("workers.train",),
     4: ("workers.alig", "workers.optim", "workers.late_phase", "workers.swa", "workers.pairwise",

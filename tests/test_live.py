@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import asdict
 
 import pandas as pd
 import pytest
@@ -15,7 +16,7 @@ import workers.live as live
 from analysis import load_sweep
 from analysis.status import format_status
 from bench.s3server import uri
-from sweeps.driver import plan_jobs
+from sweeps.plan import plan_jobs
 from workers.catalog import TrialConfig
 from workers.live import JobProgress, Unit, running_jobs
 from workers.packing.plan import PackPlan
@@ -38,7 +39,7 @@ def context(path) -> RunContext:
 
 def job(cfgs: list[TrialConfig], path) -> dict:
     """The job the driver would send for `cfgs` (a solo trial or a pack)."""
-    return plan_jobs([PackPlan(tuple(cfgs), "")], [], context(path))[0].config
+    return plan_jobs([PackPlan(tuple(cfgs), "")], [], asdict(context(path)))[0].config
 
 
 class Collect:

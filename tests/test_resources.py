@@ -59,8 +59,9 @@ PACKING_SCRIPT = """
 import json, os, time
 import ray
 from ray import tune
-from sweeps.driver import RunOptions, run_jobs
-from sweeps.searcher import Job
+from sweeps.driver import RunOptions
+from sweeps.execute import run_jobs
+from sweeps.plan import Job
 
 OUT = {out!r}
 

@@ -8,8 +8,9 @@ import time
 
 from ray import tune
 
-from sweeps.driver import RunOptions, run_jobs, shard_jobs
-from sweeps.searcher import Job
+from sweeps.driver import RunOptions
+from sweeps.execute import run_jobs, shard_jobs
+from sweeps.plan import Job
 
 
 def grid(cells: int, seeds: int) -> list[Job]:

@@ -14,6 +14,7 @@ work that wrote it is done again.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import sys
@@ -25,23 +26,35 @@ from workers.errors import CheckpointError
 from workers.storage import Storage
 
 
-def _path(trial_key: str, name: str) -> str:
+def weights_id(state: dict[str, torch.Tensor]) -> str:
+    """Content hash of a model's weights (a state dict): names, dtypes, shapes and bytes,
+    in the dict's order, so the same tensors give the same id on any device or host.
+    Records derived from a model carry it (`workers.records.WEIGHTS_ID`): lineage."""
+    digest = hashlib.blake2b(digest_size=8)
+    for name, tensor in state.items():
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def path(trial_key: str, name: str) -> str:
     return f"checkpoints/{trial_key}/{name}.pt"
 
 
 def save(storage: Storage, trial_key: str, name: str, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    storage.write_bytes(_path(trial_key, name), buffer.getvalue())
+    storage.write_bytes(path(trial_key, name), buffer.getvalue())
 
 
 def exists(storage: Storage, trial_key: str, name: str) -> bool:
-    return storage.exists(_path(trial_key, name))
+    return storage.exists(path(trial_key, name))
 
 
 def load(storage: Storage, trial_key: str, name: str, device: str = "cpu") -> dict[str, Any] | None:
     """The saved state, or None if that checkpoint does not exist."""
-    relpath = _path(trial_key, name)
+    relpath = path(trial_key, name)
     if not storage.exists(relpath):
         return None
     data = storage.read_bytes(relpath)
@@ -61,10 +74,10 @@ def load_or_quarantine(storage: Storage, trial_key: str, name: str, device: str 
     try:
         return load(storage, trial_key, name, device)
     except CheckpointError as exc:
-        storage.quarantine(_path(trial_key, name))
+        storage.quarantine(path(trial_key, name))
         print(f"warning: {exc}; moved to _quarantine/, recomputing it", file=sys.stderr)
         return None
 
 
 def remove(storage: Storage, trial_key: str, name: str) -> None:
-    storage.delete(_path(trial_key, name))
+    storage.delete(path(trial_key, name))

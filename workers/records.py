@@ -47,6 +47,28 @@ PROVENANCE_COLUMNS = ("host", "node_id", "pid", "device", "python_version", "tor
                       "pyarrow_version", "code_version", "schema_version", "written_at")
 PACKING_COLUMNS = ("pack_size", "pack_id", "unpacked_reason")  # how a model trained (workers.packing)
 
+# The status of a record or result that failed for good: a measure that cannot be
+# computed on its model, a job whose failure would repeat (`workers.tune_entry`).
+FAILED = "failed"
+
+# Lineage: which weights a record describes. A trials row holds `weights_id`, a content
+# hash of the model's final weights (`workers.checkpoints.weights_id`); every record
+# derived from those weights carries the hash it was computed from: a measures row and
+# its curve `weights_id`, a pairs row and its curve one per model. A derived record
+# whose hash is not its model's current one describes weights that no longer exist (the
+# model was trained again): it is stale, the driver recomputes it and readers leave it
+# out. Records written before lineage hold "" on both sides and stay current.
+WEIGHTS_ID = "weights_id"
+PAIR_WEIGHTS_IDS = ("weights_id_a", "weights_id_b")
+LINEAGE_COLUMNS = (WEIGHTS_ID, *PAIR_WEIGHTS_IDS)
+
+
+def is_current(model_ids: dict[str, str], trial_key: str, weights_id: str) -> bool:
+    """Whether a record derived from model `trial_key` with weights `weights_id` describes
+    that model as recorded now (`model_ids`: trial key -> its trials row's `weights_id`;
+    a model with no trials row has no current weights)."""
+    return model_ids.get(trial_key) == weights_id
+
 
 def record_path(table: str, name: str) -> str:
     """Where record `name` of `table` lives inside a sweep folder."""

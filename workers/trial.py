@@ -6,10 +6,18 @@ function in `workers.tune_entry` is a thin wrapper around it.
 Protocol (every step idempotent, so a rerun or a retry after a crash does only what is
 missing):
 1. `trials/<key>.parquet` exists -> the model is trained; load `final` if a metric is
-   missing. Otherwise train, resuming from the `last` epoch checkpoint if there is one,
-   then write `history` and, last, the `trials` row (the row marks the model as done).
+   missing, and check it is the weights the row names (`weights_id`). Otherwise train,
+   resuming from the `last` epoch checkpoint if there is one, then write `history` and,
+   last, the `trials` row (the row marks the model as done) with the content hash of
+   the final weights. Measures left from other weights of the model go to `_quarantine/`
+   first: a model trained again gets other weights, and what was measured on the old
+   ones must not pass for measures of the new (lineage, `workers.records`).
 2. For each metric in the spec whose record is missing, measure the final model and
-   write its curves, then its `measures` row (again: the row marks it done).
+   write its curves, then its `measures` row (again: the row marks it done), both with
+   the model's `weights_id`. A metric that cannot be computed on this model (it raises
+   something that is not `transient`) is recorded too, `failed` with the reason and no
+   scalars: it would fail the same way again, and the model's other metrics (and a
+   pack's other members) go on.
 """
 
 from __future__ import annotations
@@ -28,17 +36,20 @@ from workers import checkpoints
 from workers.augment import Augment
 from workers.catalog import TrialConfig
 from workers.data import Splits, prepare
+from workers.errors import is_transient
 from workers.fast_path import PLAIN, FastPath
 from workers.late_phase import LatePhase
 from workers.live import JobProgress
-from workers.metrics import METRICS, MetricContext
+from workers.metrics import METRICS, Measurement, MetricContext
 from workers.models import load_start, n_parameters, norm_layer
 from workers.optim import LrSchedule, build_optimizer, lr_factor
 from workers.records import (
     CURVES,
+    FAILED,
     HISTORY,
     MEASURES,
     TRIALS,
+    WEIGHTS_ID,
     config_columns,
     measure_key,
     pending_metrics,
@@ -101,7 +112,7 @@ def run_trial(
     seed_everything(cfg.train.seed)
     splits = prepare(cfg.data, job.device)
     model = new_model(cfg, splits, job.device)  # initialised from the seed alone
-    weights = _stored_weights(storage, key, job.device) if row is not None else None
+    weights = _stored_weights(storage, row, key, job.device) if row is not None else None
     if row is not None and weights is None:  # recorded, but its weights are gone: train it again
         forget_training(storage, key)
         row = None
@@ -109,19 +120,24 @@ def run_trial(
         trained = _train(cfg, ctx.sweep, storage, splits, model, job.device, solo_columns(solo_reason), progress)
         row = record_trained(cfg, ctx, storage, splits, trained, started)
         weights = (None, checkpoints.load(storage, key, "init", job.device))
+        todo = list(cfg.measure.metrics)  # measures of other weights went with `record_trained`
     else:
         model.load_state_dict(weights[0]["model"])
 
     if row["status"] == "ok" and todo:
         for metric in todo:
-            row.update(_measure(cfg, ctx, storage, metric, model, splits, weights[1]["model"], job.device))
+            row.update(_measure(cfg, ctx, storage, metric, model, splits, weights[1]["model"], job.device,
+                                row.get(WEIGHTS_ID, "")))
     return row
 
 
-def _stored_weights(storage: Storage, key: str, device: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def _stored_weights(
+    storage: Storage, row: dict[str, Any], key: str, device: str,
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The `final` and `init` checkpoints a trained model's metrics need, or None (named
-    on stderr) when either is missing or damaged: measuring fresh weights instead would
-    record a wrong number as valid."""
+    on stderr) when either is missing or damaged, or `final` is not the weights its
+    trials row names: measuring other weights instead would record a wrong number as
+    valid. (A row written before lineage names no weights: its `final` is taken.)"""
     final = checkpoints.load_or_quarantine(storage, key, "final", device)
     init = checkpoints.load_or_quarantine(storage, key, "init", device)
     if final is None or init is None:
@@ -129,15 +145,32 @@ def _stored_weights(storage: Storage, key: str, device: str) -> tuple[dict[str, 
         print(f"warning: model {key} is recorded as trained but its {lost} checkpoint is missing or damaged; "
               "training it again", file=sys.stderr)
         return None
+    recorded = row.get(WEIGHTS_ID, "")
+    if recorded and checkpoints.weights_id(final["model"]) != recorded:
+        print(f"warning: model {key}'s final checkpoint is not the weights its trials record names "
+              f"({recorded}); training it again", file=sys.stderr)
+        storage.quarantine(checkpoints.path(key, "final"))
+        return None
     return final, init
 
 
 def forget_training(storage: Storage, key: str) -> None:
     """Move a model's `trials` and `history` records to `_quarantine/`: they describe
-    weights that are lost, and the next run of the model writes them again."""
+    weights that are lost, and the next run of the model writes them again (its
+    measures go when it does, `forget_measures`)."""
     for table in (TRIALS, HISTORY):
         if storage.exists(record_path(table, key)):
             storage.quarantine(record_path(table, key))
+
+
+def forget_measures(storage: Storage, key: str) -> None:
+    """Move the measures (and their curves) of model `key` to `_quarantine/`, before its
+    new trials row is written: with no trials row of their own they were computed from
+    weights that are gone, and the new weights get measured afresh."""
+    for table in (MEASURES, CURVES):
+        for name in storage.list_names(table, ".parquet"):
+            if name.startswith(key + ".") and name.count(".") == 1:  # `<trial_key>.<metric>-<hash>`
+                storage.quarantine(record_path(table, name))
 
 
 def solo_columns(reason: str) -> dict[str, Any]:
@@ -239,6 +272,7 @@ def record_trained(
     """Evaluate a trained model and write its records: `final` checkpoint, `history`, and
     last the `trials` row, which marks the model as done; the `last` checkpoint goes."""
     key, model, history = cfg.trial_key, trained.model, trained.history
+    forget_measures(storage, key)
     eval_start = time.perf_counter()
     if not trained.blown_up:
         outcome = {"status": "ok", "error": "", **_losses(model, splits, cfg.measure.eval_batch_size)}
@@ -252,7 +286,7 @@ def record_trained(
         "n_params": n_parameters(model), "norm_layer": norm_layer(cfg.model.model, cfg.model.batchnorm),
         "n_train": len(splits.y_train), "n_test": len(splits.y_test), "n_noisy_labels": splits.n_noisy,
         "time_train_s": trained.train_time, "time_eval_s": time.perf_counter() - eval_start,
-        "time_total_s": time.perf_counter() - started,
+        "time_total_s": time.perf_counter() - started, WEIGHTS_ID: checkpoints.weights_id(model.state_dict()),
         **trained.ran, **provenance(ctx.resolved_device(), ctx.code_version),
     }
     if history:
@@ -270,22 +304,32 @@ def _losses(model: torch.nn.Module, splits: Splits, chunk: int) -> dict[str, flo
 
 def _measure(
     cfg: TrialConfig, ctx: RunContext, storage: Storage, metric: str,
-    model: torch.nn.Module, splits: Splits, init_state: dict[str, Any], device: str,
+    model: torch.nn.Module, splits: Splits, init_state: dict[str, Any], device: str, weights_id: str,
 ) -> dict[str, Any]:
-    """Run one metric on the trained model; write its curves, then its measures row."""
+    """Run one metric on the trained model (whose weights hash to `weights_id`); write
+    its curves, then its measures row. A metric that raises a non-transient error is
+    recorded `failed` with the error and no scalars (see the module docstring)."""
     start = time.perf_counter()
     options = cfg.sections[metric]
     context = MetricContext(cfg=cfg, splits=splits, init_state=init_state,
                             new_model=lambda: new_model(cfg, splits, device), device=device)
-    result = METRICS.get(metric)(model, options, context)
+    try:
+        result, outcome = METRICS.get(metric)(model, options, context), {"status": "ok", "error": ""}
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        result, outcome = Measurement({}), {"status": FAILED, "error": f"{type(exc).__name__}: {exc}"}
+        print(f"warning: metric {metric} could not be computed on model {cfg.trial_key}: {outcome['error']}; "
+              "recorded as failed", file=sys.stderr)
     scalars = {f"{metric}_{k}": v for k, v in result.scalars.items()}
     scalars[f"{metric}_time_s"] = time.perf_counter() - start
     record = measure_key(cfg, metric)
-    base = {**config_columns(cfg, ctx.sweep), "metric": metric, "settings": json.dumps(options.identity(), sort_keys=True)}
+    base = {**config_columns(cfg, ctx.sweep), "metric": metric, "settings": json.dumps(options.identity(), sort_keys=True),
+            WEIGHTS_ID: weights_id}
     if result.curves:
         storage.write_table(CURVES, record, to_table([{**base, **point} for point in result.curves]))
     storage.write_table(MEASURES, record, to_table(
-        [{**base, **scalars, **provenance(ctx.resolved_device(), ctx.code_version)}]
+        [{**base, **outcome, **scalars, **provenance(ctx.resolved_device(), ctx.code_version)}]
     ))
     return scalars
 

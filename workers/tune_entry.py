@@ -18,11 +18,12 @@ import traceback
 from typing import Any
 
 from workers.catalog import TrialConfig
+from workers.errors import is_transient
 from workers.live import JobProgress, Report, Unit, unit_values
 from workers.packing.job import run_pack
 from workers.packing.plan import pack_id
 from workers.pair_trial import run_pair
-from workers.records import FAILURES, pair_key, to_table
+from workers.records import FAILED, FAILURES, pair_key, record_path, to_table
 from workers.runtime import RunContext
 from workers.storage import Storage
 from workers.trial import run_trial
@@ -71,18 +72,29 @@ def job_progress(config: dict[str, Any], context: RunContext, report: Report | N
 
 def run_job(config: dict[str, Any], report: Report | None = None) -> dict[str, Any]:
     """Run one job described by plain values; returns the row it recorded (a pack: its
-    summary). `report` receives each epoch's figures (`workers.live.JobProgress`). A job
-    that fails is filed (`file_failure`) and raises, so Tune retries it or marks it
-    failed; its progress file goes last, once it is recorded or filed."""
+    summary). `report` receives each epoch's figures (`workers.live.JobProgress`).
+
+    A job that fails is filed (`file_failure`). A transient failure (`is_transient`: the
+    storage, memory) raises, so the executor tries the job again; any other would repeat
+    on every attempt, so the job returns `failed_result` instead and is not retried. The
+    progress file goes last, once the job is recorded or filed."""
     context = RunContext(**config["context"])
     progress = job_progress(config, context, report).start()
     try:
         return _run(config, context, progress)
     except Exception as exc:
-        file_failure(config, exc)
-        raise
+        filed = file_failure(config, exc)
+        if is_transient(exc):
+            raise
+        return failed_result(exc, filed)
     finally:
         progress.finish()
+
+
+def failed_result(exc: BaseException, filed: str) -> dict[str, Any]:
+    """The result of a job that failed for good: what failed, and the record that says
+    more (`failures/...` in the sweep folder, "" if it could not be written)."""
+    return {"status": FAILED, "error": f"{type(exc).__name__}: {exc}", "failure": filed}
 
 
 def _run(config: dict[str, Any], context: RunContext, progress: JobProgress) -> dict[str, Any]:
@@ -116,25 +128,31 @@ def reported(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in REPORTED if k in row}
 
 
-def file_failure(config: dict[str, Any], exc: BaseException) -> None:
-    """Record why a job failed; if the storage itself fails, say so on stderr (a worker's
-    stderr reaches the driver's terminal)."""
+def file_failure(config: dict[str, Any], exc: BaseException) -> str:
+    """Record why a job failed; returns the first record's path in the sweep folder. If
+    the storage itself fails, say so on stderr (a worker's stderr reaches the driver's
+    terminal) and return ""."""
     try:
-        record_failure(config, exc)
+        return record_failure(config, exc)
     except OSError as lost:
         print(f"error: could not record the failure of {', '.join(k for k, _ in job_records(config))} "
               f"({lost}); the failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return ""
 
 
-def record_failure(config: dict[str, Any], exc: BaseException) -> None:
+def record_failure(config: dict[str, Any], exc: BaseException) -> str:
     """Write `failures/<key>.<time>.parquet` (one file per failed attempt and record
-    the job owes) for `status`."""
+    the job owes) for `status`; returns the first one's path in the sweep folder."""
     storage = Storage.open(config["context"]["storage"])
     where = f" (in a pack of {len(config['members'])})" if config["kind"] == "pack" else ""
+    written = []
     for key, kind in job_records(config):
         row = {"key": key, "kind": kind, "error": f"{type(exc).__name__}: {exc}{where}",
                "traceback": traceback.format_exc(), "host": socket.gethostname(), "failed_at": time.time()}
-        storage.write_table(FAILURES, f"{key}.{time.time_ns()}", to_table([row]))
+        name = f"{key}.{time.time_ns()}"
+        storage.write_table(FAILURES, name, to_table([row]))
+        written.append(record_path(FAILURES, name))
+    return written[0]
 
 
 def tune_job(config: dict[str, Any]) -> None:
@@ -145,7 +163,7 @@ def tune_job(config: dict[str, Any]) -> None:
 
     with Background(tune.report) as report:
         row = run_job(config, report)
-    result = row if config["kind"] == "pack" else reported(row)
+    result = row if config["kind"] == "pack" or row["status"] == FAILED else reported(row)
     tune.report({**result, "timesteps_total": result["epochs_done"]} if result.get("epochs_done") else result)
 
 

@@ -6,7 +6,11 @@ Protocol (idempotent like `workers.trial`):
    member starts from the weights its solo trial would (the solo builder, its own
    seed) and its `init` checkpoint is written per member. The pack's epoch checkpoint
    is `checkpoints/<pack_id>/last.pt`, `pack_id` being a hash of the members it trains,
-   so a retried or rerun job resumes from the last finished epoch.
+   so a retried or rerun job resumes from the last finished epoch. Members train in the
+   order of their trial keys, whatever order the command line gave their values in, and
+   the checkpoint names them: it is used only by a pack of exactly those members in
+   exactly that order (one from before, without names, is set aside and the pack starts
+   over), so no member ever resumes from another member's weights.
 2. After training, each member is taken out of the pack as a standard model and
    recorded by `workers.trial.record_trained` under its own trial key (`final`,
    `history`, `trials` with `pack_size` and `pack_id`). A member whose loss stopped
@@ -21,6 +25,7 @@ Protocol (idempotent like `workers.trial`):
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,6 +100,7 @@ def train_pack(
 ) -> None:
     """Train `cfgs` as one packed network and record every member not recorded yet."""
     started = time.perf_counter()
+    cfgs = sorted(cfgs, key=lambda c: c.trial_key)  # the checkpoint's layout (module docstring)
     device = ctx.resolved_device()
     splits = member_splits(cfgs, device)
     packed = pack(_member_models(cfgs, splits, device))
@@ -156,8 +162,13 @@ class PackLog:
     progress: JobProgress | None = None
 
     @property
+    def members(self) -> list[str]:
+        """The members' trial keys in the pack's order: what its checkpoint's positions mean."""
+        return [c.trial_key for c in self.cfgs]
+
+    @property
     def key(self) -> str:
-        return pack_id([c.trial_key for c in self.cfgs])
+        return pack_id(self.members)
 
     @classmethod
     def start(cls, cfgs: Sequence[TrialConfig], storage: Storage, packed: torch.nn.Module,
@@ -167,6 +178,11 @@ class PackLog:
         a killed run left, with the pack's weights and optimizer state restored."""
         log = cls(cfgs, storage, packed, optimizer, bases, [[] for _ in cfgs], [0] * len(cfgs), progress=progress)
         last = checkpoints.load_or_quarantine(storage, log.key, "last", device)  # damaged: start over
+        if last is not None and last.get("members") != log.members:
+            storage.quarantine(checkpoints.path(log.key, "last"))
+            print(f"warning: {storage.path(checkpoints.path(log.key, 'last'))} does not name its members in "
+                  "the order this pack trains them; moved to _quarantine/, the pack starts over", file=sys.stderr)
+            last = None
         if last is None:
             for g, cfg in enumerate(cfgs):
                 checkpoints.save(storage, cfg.trial_key, "init", {"model": member_state(packed, g, len(cfgs))})
@@ -187,7 +203,7 @@ class PackLog:
         if epoch % train.checkpoint_every == 0 and epoch < train.epochs:
             checkpoints.save(self.storage, self.key, "last", {
                 "model": self.packed.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "histories": self.histories, "blown_up": self.blown_up, "epoch": epoch,
+                "histories": self.histories, "blown_up": self.blown_up, "epoch": epoch, "members": self.members,
             })
         if self.progress is not None:
             self.progress.end_epoch(epoch, rows)
