@@ -9,7 +9,11 @@ epoch or curve point, each with the full config) are read on first use: at 10,00
 models they hold 340,000 rows whose decoding alone costs seconds, and summaries, phases
 and `status` never touch them. A file that cannot be read is reported and left out
 instead of failing the whole analysis. Only the records of the folder's latest spec are
-read unless asked for all of them (`analysis.lens`).
+read unless asked for all of them (`analysis.lens`). A derived record (measure, pair,
+curve) is read only while it describes the weights its model's trials row records
+(lineage, `workers.records.is_current`): one computed from weights trained again since
+is named and left out, with or without `--all`, so a model's loss, Hessian and mode
+connectivity never describe two different networks.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from analysis.lens import Lens, describe_others, read_lens
 from workers.errors import ConfigError
@@ -29,13 +35,16 @@ from workers.records import (
     FAILURES,
     HISTORY,
     IDENTITY_COLUMNS,
+    LINEAGE_COLUMNS,
     LONG_TABLES,
     MEASURES,
     PACKING_COLUMNS,
+    PAIR_WEIGHTS_IDS,
     PAIRS,
     PROVENANCE_COLUMNS,
     TABLES,
     TRIALS,
+    WEIGHTS_ID,
 )
 from workers.storage import Storage
 from workers.tables import TableRead, read_table
@@ -60,7 +69,11 @@ class Sweep:
     ignored: list[str] = field(default_factory=list)  # consolidated tables not used, and why
     long: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)  # LONG_TABLES read so far
     lens: Lens | None = None  # the records of the spec read; None: every record of the folder
-    others: str = ""  # one line on the models of other specs left out ("" if none)
+    others: str = ""  # one line on the records of other specs left out ("" if none)
+    stale: str = ""  # one line on the derived records left out as not current ("" if none)
+    conflicts: str = ""  # one line on metrics measured twice on a model, NaN in `trials` ("" if none)
+    left_out: dict[str, int] = field(default_factory=dict)  # table -> records not current, left out
+    weights: dict[str, str] = field(default_factory=dict, repr=False)  # trial key -> weights_id of its row
 
     @property
     def history(self) -> pd.DataFrame:
@@ -74,8 +87,24 @@ class Sweep:
         if table not in self.long:
             read = read_table(Storage.open(self.path), table)
             _report([read], self)
-            self.long[table] = _through(self.lens, read)[0]
+            kept, _, names = _through(self.lens, read)
+            self.long[table] = self.leave_out_stale({table: (kept, names)})[table] if table == CURVES else kept
         return self.long[table]
+
+    def leave_out_stale(self, frames: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> dict[str, pd.DataFrame]:
+        """Derived tables (rows and their record names) without the rows that are not
+        current (`current_rows`, against `weights` and, for curves, `pairs`); counts the
+        records left out in `left_out`, names them in `stale` and in one line on stderr."""
+        current, dropped = {}, {}
+        for table, (frame, names) in frames.items():
+            keep = current_rows(table, frame, self.weights, self.pairs if table == CURVES else None)
+            current[table] = frame[keep].reset_index(drop=True)
+            dropped[table] = len(set(names[~keep]))
+            self.left_out[table] = self.left_out.get(table, 0) + dropped[table]
+        if any(dropped.values()):
+            print(f"note: {describe_stale(dropped)}", file=sys.stderr)
+            self.stale = describe_stale(self.left_out)
+        return current
 
     def axes(self) -> list[str]:
         """Grid axes other than seed: from spec.json, else the columns that vary."""
@@ -118,15 +147,95 @@ def _report(reads: list[TableRead], sweep: Sweep) -> None:
     sweep.ignored += [read.ignored for read in reads if read.ignored]
 
 
-def _join_measures(trials: pd.DataFrame, measures: pd.DataFrame) -> pd.DataFrame:
-    """Put each model's metric scalars (`<metric>_<name>` columns) on its trials row."""
+def model_weights(trials: pa.Table) -> dict[str, str]:
+    """Trial key -> the `weights_id` of its trials row ("" for a row written before
+    lineage), over every trials row of the folder: a model's current weights do not
+    depend on which spec is read."""
+    if "trial_key" not in trials.column_names:
+        return {}
+    keys = trials.column("trial_key").to_pylist()
+    if WEIGHTS_ID not in trials.column_names:
+        return dict.fromkeys(keys, "")
+    return dict(zip(keys, trials.column(WEIGHTS_ID).cast(pa.string()).fill_null("").to_pylist()))
+
+
+def current_rows(table: str, frame: pd.DataFrame, weights: dict[str, str],
+                 pairs: pd.DataFrame | None = None) -> np.ndarray:
+    """Which rows of a derived table (measures, pairs, curves) describe their model(s)
+    as recorded now: `workers.records.is_current`, vectorised (a curves table holds
+    hundreds of thousands of rows), for every model a row names. A row of a pair (a
+    pairs row, or a curve with a `pair_key`) names `trial_key_a` and `trial_key_b` with
+    `weights_id_a` and `weights_id_b`, any other row `trial_key` with `weights_id`. A
+    pair curve without its models' keys (the published archive's import) takes them
+    from its row in `pairs`. A model without a trials row has no current weights, so
+    nothing derived from it is current; a row that names no model at all (a table built
+    by hand or by another tool) has no lineage to check and stays."""
+    of_pair = np.full(len(frame), table == PAIRS) | (_texts(frame, "pair_key") != "").to_numpy()
+    keep = np.ones(len(frame), dtype=bool)
+    for side, weights_column, rows in (("", WEIGHTS_ID, ~of_pair),
+                                       ("_a", PAIR_WEIGHTS_IDS[0], of_pair), ("_b", PAIR_WEIGHTS_IDS[1], of_pair)):
+        if not rows.any():
+            continue
+        models = _texts(frame, f"trial_key{side}").to_numpy(dtype=object, copy=True)
+        unnamed = rows & (models == "")
+        if side and unnamed.any() and pairs is not None and {"pair_key", f"trial_key{side}"} <= set(frame) & set(pairs):
+            named = dict(zip(pairs["pair_key"], pairs[f"trial_key{side}"]))
+            models[unnamed] = [named.get(key, "") for key in frame["pair_key"].to_numpy()[unnamed]]
+        models = pd.Series(models, index=frame.index)
+        current = models.map(weights).eq(_texts(frame, weights_column)).to_numpy()
+        keep &= ~rows | (models == "").to_numpy() | current
+    return keep
+
+
+def _texts(frame: pd.DataFrame, column: str) -> pd.Series:
+    """A text column with "" for a missing value, or all "" where there is no such column."""
+    if column not in frame:
+        return pd.Series("", index=frame.index, dtype=object)
+    return frame[column].fillna("")
+
+
+_NOUNS = {MEASURES: "measure", PAIRS: "pair", CURVES: "curve"}
+
+
+def describe_stale(left_out: dict[str, int]) -> str:
+    """One line on the derived records left out as not current ("" if none), e.g. "left
+    out 2 measures and 1 pair computed from weights that no longer exist (...)"."""
+    parts = [f"{n} {_NOUNS[table]}{'' if n == 1 else 's'}" for table, n in left_out.items() if n]
+    if not parts:
+        return ""
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    return (f"left out {listed} computed from weights that no longer exist (their model was trained again "
+            "since, or has no trials record); the next run of the sweep recomputes them")
+
+
+def _join_measures(trials: pd.DataFrame, measures: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Put each model's metric scalars (`<metric>_<name>` columns) on its trials row.
+
+    A model with two or more measures of one metric (under other settings: read with
+    `--all`, or a folder written before spec ids; a spec names one measure per metric
+    and model) gets NaN in that metric's columns, and the returned line names how many
+    models per metric ("" if none): taking one of them would show a number measured
+    under settings nobody chose, with nothing to say so. `measures` keeps every row with
+    its `settings`; the metric's columns of the other models, and other metrics, stay.
+    """
     if trials.empty or measures.empty:
-        return trials
-    scalar_cols = [c for c in measures.columns
-                   if any(c.startswith(f"{m}_") for m in measures["metric"].unique())
-                   and c not in trials.columns]
-    per_trial = measures.groupby("trial_key")[scalar_cols].first().reset_index()
-    return trials.merge(per_trial, on="trial_key", how="left")
+        return trials, ""
+    metrics = sorted(measures["metric"].dropna().unique(), key=len, reverse=True)  # the longest prefix owns
+    owner = {c: next((m for m in metrics if c.startswith(f"{m}_")), None)
+             for c in measures.columns if c not in trials.columns}
+    joined, conflicts = trials, []
+    for metric, rows in measures.groupby("metric", sort=True):
+        columns = [c for c, m in owner.items() if m == metric]
+        twice = rows["trial_key"].duplicated(keep=False)
+        if twice.any():
+            conflicts.append(f"{metric} on {rows.loc[twice, 'trial_key'].nunique()} model(s)")
+        if columns:
+            joined = joined.merge(rows.loc[~twice, ["trial_key", *columns]], on="trial_key", how="left")
+    if not conflicts:
+        return joined, ""
+    return joined, (f"measured under more than one setting: {', '.join(conflicts)}; their columns of that "
+                    "metric in `trials` are NaN rather than one value picked (`measures` holds every row, "
+                    "with its `settings`)")
 
 
 def load_sweep(path: str, all_specs: bool = False) -> Sweep:
@@ -139,12 +248,19 @@ def load_sweep(path: str, all_specs: bool = False) -> Sweep:
     if not spec and not any(read.records or read.skipped for read in reads.values()):
         raise ConfigError("PATH", f"{storage.uri} is not a sweep folder (no spec.json, no record files)")
     frames = {table: _through(lens, read) for table, read in reads.items()}
-    trials = _join_measures(frames[TRIALS][0], frames[MEASURES][0])
-    sweep = Sweep(storage.uri, spec, trials, frames[PAIRS][0], frames[MEASURES][0], frames[FAILURES][0],
-                  lens=lens, others=describe_others(frames[TRIALS][1], spec.get("values", {})))
+    derived = (TRIALS, MEASURES, PAIRS)
+    others = describe_others(lens, {t: frames[t][1] for t in derived}, {t: frames[t][0] for t in derived},
+                             spec.get("values", {}))
+    sweep = Sweep(storage.uri, spec, frames[TRIALS][0], frames[PAIRS][0], frames[MEASURES][0], frames[FAILURES][0],
+                  lens=lens, others=others, weights=model_weights(reads[TRIALS].data))
     _report(list(reads.values()), sweep)
     if sweep.others:
         print(f"note: {sweep.others}", file=sys.stderr)
+    current = sweep.leave_out_stale({table: (frames[table][0], frames[table][2]) for table in (MEASURES, PAIRS)})
+    sweep.measures, sweep.pairs = current[MEASURES], current[PAIRS]
+    sweep.trials, sweep.conflicts = _join_measures(sweep.trials, sweep.measures)
+    if sweep.conflicts:
+        print(f"warning: {sweep.conflicts}", file=sys.stderr)
     return sweep
 
 
@@ -162,10 +278,16 @@ def _read_spec(storage: Storage) -> dict[str, Any]:
     return spec
 
 
-def _through(lens: Lens | None, read: TableRead) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The rows of `read` that belong to the lens's spec, and the others."""
+def _through(lens: Lens | None, read: TableRead) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """The rows of `read` that belong to the lens's spec, the others, and the record
+    name of each row kept. Lineage columns are text: "" where a record written before
+    lineage lacks them (pyarrow's permissive concatenation makes those null)."""
     frame = read.data.to_pandas()
+    for column in LINEAGE_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].fillna("")
+    names = read.row_names()
     if lens is None or frame.empty:
-        return frame, frame.iloc[0:0]
-    keep = lens.mask(read.table, read.row_names())
-    return frame[keep].reset_index(drop=True), frame[~keep].reset_index(drop=True)
+        return frame, frame.iloc[0:0], names
+    keep = lens.mask(read.table, names)
+    return frame[keep].reset_index(drop=True), frame[~keep].reset_index(drop=True), names[keep]

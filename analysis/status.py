@@ -94,6 +94,8 @@ def format_status(sweep: Sweep) -> str:
                      "rerun the command to let the refinement decide what is left")
     if sweep.others:
         lines.append(sweep.others)
+    if sweep.stale:  # why measures or pairs done before are missing now
+        lines.append(sweep.stale)
     if sweep.ignored:
         lines.append("consolidated tables ignored (records read instead; `python -m analysis compact` "
                      "rebuilds them): " + "; ".join(sweep.ignored))
