@@ -117,6 +117,7 @@ def run_trial(
         forget_training(storage, key)
         row = None
     if row is None:
+        inject_error(key, "train")
         trained = _train(cfg, ctx.sweep, storage, splits, model, job.device, solo_columns(solo_reason), progress)
         row = record_trained(cfg, ctx, storage, splits, trained, started)
         weights = (None, checkpoints.load(storage, key, "init", job.device))
@@ -314,6 +315,7 @@ def _measure(
     context = MetricContext(cfg=cfg, splits=splits, init_state=init_state,
                             new_model=lambda: new_model(cfg, splits, device), device=device)
     try:
+        inject_error(cfg.trial_key, metric)
         result, outcome = METRICS.get(metric)(model, options, context), {"status": "ok", "error": ""}
     except Exception as exc:
         if is_transient(exc):
@@ -349,3 +351,17 @@ def inject_fault(trial_key: str, epoch: int) -> None:
         if marker:  # kill only once, so the retry can finish
             open(marker, "w").close()
         os.kill(os.getpid(), 9)
+
+
+class InjectedError(RuntimeError):
+    """The failure `inject_error` raises: one that repeats on every attempt."""
+
+
+def inject_error(trial_key: str, where: str) -> None:
+    """Test hook: LANDSCAPE_FAULT_RAISE="<trial_key prefix>:<where>" raises InjectedError
+    when that model starts training (`where` = "train") or measuring a metric (its name).
+    The reliability tests use it for failures that would repeat; inert unless set."""
+    target = os.environ.get("LANDSCAPE_FAULT_RAISE", "")
+    prefix, _, at = target.partition(":")
+    if target and trial_key.startswith(prefix) and where == at:
+        raise InjectedError(f"injected failure: {where} of model {trial_key}")

@@ -50,7 +50,7 @@ from workers.records import TRIALS, config_columns, record_path
 from workers.runtime import RunContext, new_model, open_job, seed_everything
 from workers.storage import Storage
 from workers.train import EpochStats
-from workers.trial import Trained, history_row, inject_fault, record_trained, run_trial
+from workers.trial import Trained, history_row, inject_error, inject_fault, record_trained, run_trial
 
 PairSpec = tuple[TrialConfig, TrialConfig, bool]  # two seeds of a cell, with mode connectivity or not
 
@@ -101,6 +101,8 @@ def train_pack(
     """Train `cfgs` as one packed network and record every member not recorded yet."""
     started = time.perf_counter()
     cfgs = sorted(cfgs, key=lambda c: c.trial_key)  # the checkpoint's layout (module docstring)
+    for cfg in cfgs:
+        inject_error(cfg.trial_key, "train")
     device = ctx.resolved_device()
     splits = member_splits(cfgs, device)
     packed = pack(_member_models(cfgs, splits, device))
