@@ -38,3 +38,11 @@ def test_a_stored_sweep_loads_with_its_keys_and_resumes_with_only_new_work(tmp_p
     # the stored pair is found under its key, not measured again; the new seed's pairs are added
     assert len(after.pairs) == 3 and after.pairs["pair_key"].is_unique and stored_pair in set(after.pairs["pair_key"])
     assert sorted(zip(after.pairs["seed_a"], after.pairs["seed_b"])) == [(0, 1), (0, 2), (1, 2)]
+    # lineage: the stored records, written before it, name no weights and stay current;
+    # the new model's records and its pairs name the weights they were computed from
+    stored = after.trials["trial_key"].isin(stored_keys)
+    assert (after.trials.loc[stored, "weights_id"] == "").all() and (after.trials.loc[~stored, "weights_id"] != "").all()
+    current = dict(zip(after.trials["trial_key"], after.trials["weights_id"]))
+    assert (after.measures["weights_id"] == after.measures["trial_key"].map(current)).all()
+    assert (after.pairs["weights_id_b"] == after.pairs["trial_key_b"].map(current)).all()
+    assert after.stale == "" and not (folder / "_quarantine").exists()
