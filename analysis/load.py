@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from analysis.lens import Lens, describe_others, read_lens
 from workers.errors import ConfigError
+from workers.lineage import model_weights
 from workers.records import (
     CURVES,
     FAILURES,
@@ -145,18 +145,6 @@ def _report(reads: list[TableRead], sweep: Sweep) -> None:
                   "(`python -m analysis compact` rebuilds it)", file=sys.stderr)
     sweep.skipped += skipped
     sweep.ignored += [read.ignored for read in reads if read.ignored]
-
-
-def model_weights(trials: pa.Table) -> dict[str, str]:
-    """Trial key -> the `weights_id` of its trials row ("" for a row written before
-    lineage), over every trials row of the folder: a model's current weights do not
-    depend on which spec is read."""
-    if "trial_key" not in trials.column_names:
-        return {}
-    keys = trials.column("trial_key").to_pylist()
-    if WEIGHTS_ID not in trials.column_names:
-        return dict.fromkeys(keys, "")
-    return dict(zip(keys, trials.column(WEIGHTS_ID).cast(pa.string()).fill_null("").to_pylist()))
 
 
 def current_rows(table: str, frame: pd.DataFrame, weights: dict[str, str],

@@ -16,48 +16,26 @@ from __future__ import annotations
 import pyarrow as pa
 
 from workers.records import (
-    CURVES,
     MEASURES,
     PAIR_WEIGHTS_IDS,
-    PAIRS,
-    TRIALS,
     WEIGHTS_ID,
     is_current,
-    record_path,
 )
-from workers.storage import Storage
-from workers.tables import TableRead, read_table
+from workers.tables import TableRead
 
 
 def _column(table: pa.Table, name: str) -> list[str]:
     """A text column as a list, "" where the record predates it (null or absent)."""
     if name not in table.column_names:
         return [""] * table.num_rows
-    return ["" if v is None else v for v in table.column(name).to_pylist()]
+    return table.column(name).cast(pa.string()).fill_null("").to_pylist()
 
 
 def model_weights(trials: pa.Table) -> dict[str, str]:
-    """Trial key -> `weights_id` of every trained model, from the trials table."""
+    """Trial key -> the `weights_id` of its trials row ("" for a row written before
+    lineage), over every trials row of the folder: a model's current weights do not
+    depend on which spec is read."""
     return dict(zip(_column(trials, "trial_key"), _column(trials, WEIGHTS_ID)))
-
-
-def quarantine_stale(storage: Storage) -> list[str]:
-    """Move every stale measure and pair, with its curves, to `_quarantine/`; one line
-    per record moved, naming it and why."""
-    trials, measures, pairs = (read_table(storage, t) for t in (TRIALS, MEASURES, PAIRS))
-    models = model_weights(trials.data)
-    stale = [(read.table, name) for read in (measures, pairs) for name in stale_names(read, models)]
-    if not stale:
-        return []
-    curves = storage.list_names(CURVES, ".parquet")
-    lines = []
-    for table, name in stale:
-        storage.quarantine(record_path(table, name))
-        for curve in (c for c in curves if c == name or c.startswith(name + ".")):
-            storage.quarantine(record_path(CURVES, curve))
-        lines.append(f"warning: {record_path(table, name)} was computed from weights its model no longer has "
-                     "(trained again since); moved to _quarantine/, will be recomputed")
-    return lines
 
 
 def stale_names(read: TableRead, models: dict[str, str]) -> list[str]:
