@@ -16,12 +16,17 @@ from __future__ import annotations
 import pyarrow as pa
 
 from workers.records import (
+    CURVES,
     MEASURES,
     PAIR_WEIGHTS_IDS,
+    PAIRS,
+    TRIALS,
     WEIGHTS_ID,
     is_current,
+    record_path,
 )
-from workers.tables import TableRead
+from workers.storage import Storage
+from workers.tables import TableRead, read_table
 
 
 def _column(table: pa.Table, name: str) -> list[str]:
@@ -52,3 +57,22 @@ def stale_names(read: TableRead, models: dict[str, str]) -> list[str]:
                    for side, column in zip("ab", PAIR_WEIGHTS_IDS)]
     return sorted({name for name, *models_of_row in zip(names, *lineage)
                    if not all(is_current(models, key, weights) for key, weights in models_of_row)})
+
+
+def quarantine_stale(storage: Storage) -> list[str]:
+    """Move every stale measure and pair, with its curves, to `_quarantine/`; one line
+    per record moved, naming it and why."""
+    trials, measures, pairs = (read_table(storage, t) for t in (TRIALS, MEASURES, PAIRS))
+    models = model_weights(trials.data)
+    stale = [(read.table, name) for read in (measures, pairs) for name in stale_names(read, models)]
+    if not stale:
+        return []
+    curves = storage.list_names(CURVES, ".parquet")
+    lines = []
+    for table, name in stale:
+        storage.quarantine(record_path(table, name))
+        for curve in (c for c in curves if c == name or c.startswith(name + ".")):
+            storage.quarantine(record_path(CURVES, curve))
+        lines.append(f"warning: {record_path(table, name)} was computed from weights its model no longer has "
+                     "(trained again since); moved to _quarantine/, will be recomputed")
+    return lines
