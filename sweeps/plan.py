@@ -4,8 +4,9 @@ One pure function, `plan_run`, decides what a run does, for the Tune executor an
 in-process one alike (`sweeps.execute`), at the start and each time a refined sweep
 grows: the models still owed (untrained, or missing a metric), the seed pairs owed,
 how the untrained models are cut into packs, and the jobs (a pack measures the pairs of
-its own cells right after training). Nothing here reads storage, imports Ray or torch,
-or depends on the order the grid was given in: the configs are put in grid order first
+its own cells right after training). Nothing here reads storage, starts or imports
+Ray, or touches a device (the configs come from `workers.catalog`, which does import
+torch for its plug-ins), and nothing depends on the order the grid was given in: the configs are put in grid order first
 (`grid_order`), so `--set seed=2,1,0` plans exactly what `--set seed=0,1,2` does, and a
 pack's members are named by key (`workers.packing.job`).
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sweeps.pairs import PairPlan, plan_pairs
+from sweeps.spec import AXIS_ORDER
 from workers.records import MEASURES, PAIRS, TRIALS, measure_key, pending
 
 if TYPE_CHECKING:
@@ -97,12 +99,14 @@ def _sortable(value: Any) -> tuple[int, Any]:
 
 
 def grid_order(configs: Iterable[TrialConfig]) -> list[TrialConfig]:
-    """The configs sorted by their values (keys by name, the seed last): the same list
-    whatever order the grid's values were given in."""
+    """The configs sorted by their values, keys in the order axes are shown (`width`,
+    `batch_size`, ..., then the others by name, the seed last): the same list whatever
+    order the grid's values were given in."""
     def position(cfg: TrialConfig) -> tuple:
         flat = cfg.to_flat()
         seed = flat.pop("seed")
-        return (*(_sortable(flat[k]) for k in sorted(flat)), seed)
+        keys = sorted(flat, key=lambda k: (AXIS_ORDER.index(k), "") if k in AXIS_ORDER else (len(AXIS_ORDER), k))
+        return (*(_sortable(flat[k]) for k in keys), seed)
 
     return sorted(configs, key=position)
 
