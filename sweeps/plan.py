@@ -50,8 +50,8 @@ class Job:
 
 # More jobs for a refined sweep, and the trial keys of models they need that exist already.
 Extend = Callable[[], tuple[list[Job], set[str]]]
-# Cuts the models to train into packs and solo trials (`workers.packing.plan.plan_packs`
-# with the run's policy), given here so that this module imports no torch.
+# Cuts the models to train into packs and solo trials: `workers.packing.plan.plan_packs`
+# with the run's `--pack` policy, given by the caller.
 Packer = Callable[[list["TrialConfig"]], list["PackPlan"]]
 
 
@@ -134,7 +134,7 @@ def plan_run(configs: Sequence[TrialConfig], held: Holdings, packer: Packer, con
 
 
 def _measure_only(cfg: TrialConfig) -> PackPlan:
-    from workers.packing.plan import PackPlan  # the packing layer imports torch
+    from workers.packing.plan import PackPlan
 
     return PackPlan((cfg,), "trained already")
 
