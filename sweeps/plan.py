@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from sweeps.pairs import PairPlan, plan_pairs
 from sweeps.spec import AXIS_ORDER
+from workers.packing.plan import PackPlan
 from workers.records import MEASURES, PAIRS, TRIALS, measure_key, pending
 
 if TYPE_CHECKING:
     from workers.config import TrialConfig
-    from workers.packing.plan import PackPlan
 
 
 @dataclass(frozen=True)
@@ -129,14 +129,8 @@ def plan_run(configs: Sequence[TrialConfig], held: Holdings, packer: Packer, con
     untrained = [c for c in todo if c.trial_key not in held.trained]
     # A trained model missing only a metric is measured by a solo job: it trains
     # nothing, so it gains nothing in a pack.
-    packs = [*(_measure_only(c) for c in todo if c.trial_key in held.trained), *packer(untrained)]
+    packs = [*(PackPlan((c,), "trained already") for c in todo if c.trial_key in held.trained), *packer(untrained)]
     return Plan(tuple(todo), tuple(pairs), tuple(packs), tuple(plan_jobs(packs, pairs, context)))
-
-
-def _measure_only(cfg: TrialConfig) -> PackPlan:
-    from workers.packing.plan import PackPlan
-
-    return PackPlan((cfg,), "trained already")
 
 
 def plan_jobs(packs: Sequence[PackPlan], pairs: Sequence[PairPlan], context: dict[str, Any]) -> list[Job]:
