@@ -10,7 +10,9 @@ with inferred cells included, runs offline in seconds, e.g. on the published met
     python -m analysis refine-replay ref/yang2021 --out ref/refined [--refine budget=0.5]
 
 Rounds here are synchronous (a round is planned when the previous one is complete); a
-real sweep plans as soon as its queue runs dry, so it may start a few cells sooner.
+real sweep plans as soon as its queue runs dry, so it may start a few cells sooner. A
+grid with axes besides the diagram's two and the seed is refined slice by slice, as a
+sweep refines it (`analysis.refine`), and compared with the full grid slice by slice.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ import pyarrow as pa
 from analysis.load import Sweep, load_sweep
 from analysis.phases import cell_metrics, classify, resolve_thresholds
 from analysis.refine import (
-    Cell,
     Grid,
+    Place,
     RefineSettings,
-    cell_of,
     check_budget,
-    classify_cells,
-    plan,
-    with_inferred,
+    classify_slices,
+    place_of,
+    plain,
+    plan_slices,
+    with_inferred_slices,
 )
 from workers.errors import ConfigError
 from workers.records import PAIRS, TRIALS
@@ -44,8 +47,8 @@ class Replay:
     """What a replayed refinement trained."""
 
     path: str  # the refined sweep folder it wrote
-    grid: Grid
-    rounds: list[int]  # cells trained per round; round 0 is the coarse lattice
+    grid: Grid  # with the other axes, if any: each of their slices refined alone
+    rounds: list[int]  # cells trained per round, over all slices; round 0 is the coarse lattice
     models: int  # models in the trained cells
     total_models: int  # models in the full grid
 
@@ -54,14 +57,16 @@ class Replay:
         return sum(self.rounds)
 
 
-def _by_cell(table: pd.DataFrame, grid: Grid) -> dict[Cell, pd.DataFrame]:
+def _by_place(table: pd.DataFrame, grid: Grid) -> dict[Place, pd.DataFrame]:
     if table.empty:
         return {}
-    return {cell_of(rows.iloc[0], grid): rows for _, rows in table.groupby([grid.x, grid.y], sort=False)}
+    groups = table.groupby([grid.x, grid.y, *grid.other_axes], sort=False)
+    return {place_of(rows.iloc[0], grid): rows for _, rows in groups}
 
 
-def _record_name(cell: Cell) -> str:
-    return hashlib.sha256(json.dumps(cell, default=str).encode()).hexdigest()[:16]
+def _record_name(place: Place) -> str:
+    part, cell = place
+    return hashlib.sha256(json.dumps([*part, *cell] if part else cell, default=str).encode()).hexdigest()[:16]
 
 
 def replay(source: str, out: str, settings: RefineSettings, thresholds: str = "paper",
@@ -71,11 +76,16 @@ def replay(source: str, out: str, settings: RefineSettings, thresholds: str = "p
     full = load_sweep(source)
     if full.trials.empty:
         raise ConfigError("SOURCE", f"{source}: no trials records found")
-    settings = settings.with_axes(full.axes())
-    grid = Grid(settings.x, settings.y, tuple(sorted(full.trials[settings.x].unique().tolist())),
-                tuple(sorted(full.trials[settings.y].unique().tolist())))
+    axes = full.axes()
+    settings = settings.with_axes(axes)
+
+    def values(column: str) -> tuple:
+        return tuple(sorted(plain(v) for v in full.trials[column].unique()))
+
+    grid = Grid(settings.x, settings.y, values(settings.x), values(settings.y),
+                tuple((a, values(a)) for a in axes if a not in (settings.x, settings.y)))
     check_budget(grid, settings)
-    trials, pairs = _by_cell(full.trials, grid), _by_cell(full.pairs, grid)
+    trials, pairs = _by_place(full.trials, grid), _by_place(full.pairs, grid)
     storage = Storage.open(out)
     if any(storage.list_names(table, ".parquet") for table in (TRIALS, PAIRS)):
         raise ConfigError("--out", f"{storage.uri} holds records already; give a new folder")
@@ -83,18 +93,19 @@ def replay(source: str, out: str, settings: RefineSettings, thresholds: str = "p
             "name": f"{full.spec.get('name', 'sweep')}-refined",
             "refine": {**asdict(settings), "thresholds": thresholds}, "replayed_from": full.path}
     storage.write_bytes("spec.json", json.dumps(spec, indent=2, default=str).encode())
-    answered: set[Cell] = set()
+    answered: set[Place] = set()
     rounds: list[int] = []
     while True:
         sweep = load_sweep(storage.uri) if answered else None
-        classified, used = classify_cells(sweep, grid, answered, thresholds, overrides)
-        wanted = [c for c in plan(grid, classified, answered, settings, used) if c not in answered]
+        classified = classify_slices(sweep, grid, answered, thresholds, overrides)
+        wanted = [p for p in plan_slices(grid, classified, answered, settings) if p not in answered]
         if not wanted:
             break
-        for cell in wanted:
-            for table, rows in (("trials", trials), ("pairs", pairs)):
-                if cell in rows:
-                    storage.write_table(table, _record_name(cell), pa.Table.from_pandas(rows[cell], preserve_index=False))
+        for place in wanted:
+            for table, rows in ((TRIALS, trials), (PAIRS, pairs)):
+                if place in rows:
+                    storage.write_table(table, _record_name(place),
+                                        pa.Table.from_pandas(rows[place], preserve_index=False))
         answered.update(wanted)
         rounds.append(len(wanted))
     models = sum(len(trials[c]) for c in answered if c in trials)
@@ -103,23 +114,39 @@ def replay(source: str, out: str, settings: RefineSettings, thresholds: str = "p
 
 def refined_phases(result: Replay, thresholds: str = "paper", overrides: dict[str, str] | None = None) -> pd.DataFrame:
     """The replayed diagram as its report draws it (without drawing): the trained cells
-    classified, the others inferred from them."""
+    classified, the others inferred from them; a diagram per slice, one after another."""
     sweep = load_sweep(result.path)
-    trained = {cell_of(row, result.grid) for _, row in sweep.trials[[result.grid.x, result.grid.y]].iterrows()}
-    classified, used = classify_cells(sweep, result.grid, trained, thresholds, overrides)
-    return with_inferred(result.grid, classified, used)
+    columns = [result.grid.x, result.grid.y, *result.grid.other_axes]
+    trained = {place_of(row, result.grid) for _, row in sweep.trials[columns].iterrows()}
+    return with_inferred_slices(result.grid, classify_slices(sweep, result.grid, trained, thresholds, overrides))
 
 
 def full_grid_phases(sweep: Sweep, grid: Grid, thresholds: str = "paper",
                      overrides: dict[str, str] | None = None) -> pd.DataFrame:
-    """Every cell of a full sweep classified as its report would (the reference)."""
-    cells = cell_metrics(sweep, [grid.x, grid.y])
-    return classify(cells, resolve_thresholds(cells, thresholds, overrides or {}))
+    """Every cell of a full sweep classified as its report would (the reference): with
+    each slice of the other axes fixed, and its own thresholds where they are auto."""
+    frames = []
+    cells = cell_metrics(sweep, [grid.x, grid.y, *grid.other_axes])
+    slices = [place_of(row, grid)[0] for _, row in cells.iterrows()]
+    for part in grid.slices:
+        mine = cells[[s == part for s in slices]].reset_index(drop=True)
+        frames.append(classify(mine, resolve_thresholds(mine, thresholds, overrides or {})))
+    return pd.concat(frames, ignore_index=True)
 
 
-def agreement(reference: pd.DataFrame, refined: pd.DataFrame, grid: Grid) -> tuple[float, list[Cell]]:
+def agreement(reference: pd.DataFrame, refined: pd.DataFrame, grid: Grid) -> tuple[float, list[tuple]]:
     """Share of the reference's cells to which the refined diagram (trained and inferred
-    cells) gives the same phase, and the cells where it does not (`?` marks ignored)."""
-    phases = {cell_of(row, grid): row["phase"] for _, row in refined.iterrows()}
-    differ = [cell_of(row, grid) for _, row in reference.iterrows() if phases.get(cell_of(row, grid)) != row["phase"]]
+    cells) gives the same phase, and the cells where it does not, each as (the other
+    axes' values..., x, y) (`?` marks ignored)."""
+    missing = [a for a in grid.other_axes if a not in refined.columns]
+    if missing:
+        raise ConfigError("SOURCE", f"also varies {', '.join(missing)}: a refined grid is a diagram per slice, "
+                          "and this one pools them; compare analysis.replay.refined_phases with the full grid")
+
+    def key(row: pd.Series) -> tuple:
+        part, cell = place_of(row, grid)
+        return (*part, *cell)
+
+    phases = {key(row): row["phase"] for _, row in refined.iterrows()}
+    differ = [key(row) for _, row in reference.iterrows() if phases.get(key(row)) != row["phase"]]
     return 1.0 - len(differ) / len(reference), differ

@@ -4,6 +4,7 @@ resumed by rerunning its command."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -19,15 +20,19 @@ from analysis import load_sweep
 from analysis.__main__ import main as analysis_main
 from analysis.phases import PAPER
 from analysis.refine import Grid, RefineSettings, check_budget, classify_cells, infer, plan
-from analysis.replay import agreement, full_grid_phases, replay
+from analysis.replay import agreement, full_grid_phases, refined_phases, replay
 from analysis.report import ReportOptions, write_report
 from analysis.status import format_status
 from analysis.yang2021 import import_archive
 from sweeps.cli import main
 from sweeps.driver import RunOptions, run
+from sweeps.pairs import plan_pairs
+from sweeps.refine import Refiner
 from sweeps.searcher import Job, SweepSearcher
 from sweeps.spec import SweepSpec
 from workers.errors import ConfigError
+from workers.records import PAIRS, TRIALS, config_columns, to_table
+from workers.storage import Storage
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHIVE = ROOT / "tests" / "data" / "yang2021_results.tar.gz"
@@ -54,6 +59,18 @@ def classified(cells, phase_of=lambda i, j: "I" if i <= 1 else "IV-B", uncertain
 
 def indices(cells) -> set[tuple[int, int]]:
     return {GRID.index(c) for c in cells}
+
+
+def diverge(rows: pd.DataFrame, cells: set[tuple[int, int]], finished: float = 0.0) -> pd.DataFrame:
+    """`rows` (from `classified`) with `cells` (grid indices) diverged: `finished` of
+    their 4 models trained to the end (under half: classify's "diverged"), their metrics
+    those of the models that did (NaN when none did)."""
+    out = rows.copy()
+    hit = [GRID.index((w, b)) in cells for w, b in zip(out["width"], out["batch_size"])]
+    out.loc[hit, ["phase", "ok", "models"]] = ["diverged", round(4 * finished), 4]
+    if finished == 0:
+        out.loc[hit, list(SIDES["I"])] = float("nan")
+    return out
 
 
 # ---------------------------------------------------------------- the policy
@@ -126,6 +143,35 @@ def test_untrained_cells_take_the_phase_of_their_nearest_trained_cells():
     assert "2 trained cell(s) 1 step(s) away: I 1, IV-B 1" in cells.loc[(2, 16), "note"]
 
 
+def test_the_edge_of_a_diverged_region_is_a_boundary_like_any_other():
+    coarse = indices(GRID.coarse(2))
+    rows = diverge(classified(coarse), {(4, j) for j in range(5)})  # Phase I | IV-B | diverged
+    # Both columns between the coarse ones are boundaries. Column 3 lies exactly on the
+    # threshold of the share of models that finished (all of IV-B's, none of the
+    # diverged ones': 1/2 interpolated), nearer than column 1 lies to its thresholds
+    # (ln lambda 3.5 against 3.45), so it goes first when the budget binds.
+    assert indices(plan(GRID, rows, [], RefineSettings(budget=1), PAPER)) - coarse == {
+        (i, j) for i in (1, 3) for j in range(5)}
+    first = plan(GRID, rows, [], RefineSettings(budget=14 / 25), PAPER)[9:]
+    assert indices(first) == {(3, j) for j in range(5)}
+
+
+def test_a_tie_between_diverged_and_a_phase_goes_by_the_models_that_finished():
+    coarse = indices(GRID.coarse(2))
+    # (8, 16): IV-B at its left, diverged at its right, one step each: a tie. No model
+    # of the diverged cell finished, every model of the IV-B one did: the interpolated
+    # share is 1/2, not a majority that trains, so the cell is inferred diverged.
+    cells = infer(GRID, diverge(classified(coarse), {(4, j) for j in range(5)}), PAPER).set_index(["width", "batch_size"])
+    assert cells.loc[(8, 16), "phase"] == "diverged" and cells.loc[(8, 16), "uncertain"]
+    assert cells.loc[(8, 32), "phase"] == "diverged"  # four corners: IV-B 2, diverged 2
+    # One of the diverged cell's four models finished (still under half: diverged):
+    # the share interpolates to (1 + 1/4) / 2 = 0.625, a majority that trains, so the
+    # cell takes the phase.
+    partly = diverge(classified(coarse), {(4, j) for j in range(5)}, finished=0.25)
+    cells = infer(GRID, partly, PAPER).set_index(["width", "batch_size"])
+    assert cells.loc[(8, 16), "phase"] == "IV-B" and cells.loc[(8, 16), "uncertain"]
+
+
 # ---------------------------------------------------------------- replay on the published grid
 
 
@@ -174,6 +220,80 @@ def test_refine_replay_cli_and_its_bad_input(published, tmp_path, capsys):
         assert not (tmp_path / "bad").exists()
     assert analysis_main(["refine-replay", str(published), "--out", str(out)]) == 2  # holds records already
     assert "holds records already" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a third axis: one diagram per slice
+
+SLICED_GRID = Grid("width", "batch_size", (2, 4, 6, 8, 10), (16, 32, 64, 128, 256))
+
+
+@pytest.fixture
+def sliced(tiny) -> dict:
+    """Width x batch size x label noise, 2 seeds, records written by hand (nothing trains):
+    with label_noise 0, Phase I at the two smallest widths and IV-B from width 6 on; with
+    label_noise 0.2, IV-B everywhere (see `_phase`)."""
+    return {**tiny, "metrics": [], "measure_pairs": True, "width": list(SLICED_GRID.xs),
+            "batch_size": list(SLICED_GRID.ys), "label_noise": [0, 0.2], "seed": [0, 1]}
+
+
+def _phase(cfg) -> str:
+    return "I" if cfg.data.label_noise == 0 and cfg.model.width <= 4 else "IV-B"
+
+
+def write_records(folder: Path, configs) -> None:
+    """Trials and pairs records of `configs` as a sweep writes them (named by their
+    keys), with the metrics of `_phase`: training loss for sharpness, mc, CKA."""
+    storage = Storage.open(str(folder))
+    metrics = {"I": {"train_loss": 0.5, "train_acc": 0.8, "mc": -5.0, "cka_softmax": 0.5},
+               "IV-B": {"train_loss": 0.001, "train_acc": 1.0, "mc": -0.1, "cka_softmax": 0.8}}
+    for cfg in configs:
+        m = metrics[_phase(cfg)]
+        row = {**config_columns(cfg, "sliced"), "status": "ok", "error": "", "train_loss": m["train_loss"],
+               "train_acc": m["train_acc"]}
+        storage.write_table(TRIALS, cfg.trial_key, to_table([row]))
+    for pair in plan_pairs(configs):
+        if pair.a in configs and pair.b in configs:
+            m = metrics[_phase(pair.a)]
+            row = {**config_columns(pair.a, "sliced"), "pair_key": pair.key, "seed_a": pair.a.train.seed,
+                   "seed_b": pair.b.train.seed, "trial_key_a": pair.a.trial_key, "trial_key_b": pair.b.trial_key,
+                   "with_mc": True, "status": "ok", "error": "", "mc": m["mc"], "cka_softmax": m["cka_softmax"]}
+            storage.write_table(PAIRS, pair.key, to_table([row]))
+
+
+def test_refine_plans_each_slice_of_a_third_axis_alone(sliced, tmp_path):
+    """`--set ...,label_noise=0,0.2 --refine`: each label noise is a diagram of its own;
+    its cells are never pooled with the other's as if they were seeds."""
+    spec = SweepSpec("taxonomy", "demo", "sliced", str(tmp_path), sliced)
+    configs = spec.trials()
+    refiner = Refiner(spec, configs, RefineSettings(budget=1), "paper")
+    assert "x batch_size per label_noise (0.0, 0.2), 2 diagrams of 25 cells of 2 models" in refiner.describe()
+    assert refiner.spec_entry()["per"] == "label_noise"
+    coarse = [c for c in configs if (c.model.width, c.train.batch_size) in set(SLICED_GRID.coarse(2))]
+    assert len(coarse) == 9 * 2 * 2
+    assert {c.trial_key for c in refiner.grow([])} == {c.trial_key for c in coarse}  # nothing recorded yet
+    write_records(tmp_path / "sliced", coarse)
+    wanted = refiner.grow([])
+    added = {(c.data.label_noise, c.model.width, c.train.batch_size) for c in wanted if c not in coarse}
+    # label_noise 0: the column between Phase I (width 2) and IV-B (width 6); 0.2: none.
+    assert added == {(0, 4, b) for b in SLICED_GRID.ys}
+    assert len(wanted) == len(coarse) + 2 * 5
+    assert re.match(r"refined: 18 of 50 cells trained \(36 of 100 models, 36%\)", refiner.outcome())
+
+
+def test_replay_refines_each_slice_of_a_third_axis_alone(sliced, tmp_path):
+    spec = SweepSpec("taxonomy", "demo", "full", str(tmp_path), sliced)
+    write_records(tmp_path / "full", spec.trials())
+    Storage.open(str(tmp_path / "full")).write_bytes("spec.json", json.dumps(spec.to_json()).encode())
+    result = replay(str(tmp_path / "full"), str(tmp_path / "refined"), RefineSettings(budget=1))
+    assert result.grid.others == (("label_noise", (0.0, 0.2)),)
+    trained = load_sweep(result.path).trials.groupby("label_noise")["trial_key"].count().to_dict()
+    assert trained[0.2] == 9 * 2  # one phase: the coarse round, nothing more
+    assert trained[0.0] > (9 + 5) * 2  # the boundary column, then the cells beside it
+    refined = refined_phases(result)
+    assert len(refined) == 2 * 25 and refined.groupby("label_noise").size().eq(25).all()
+    assert (refined.loc[refined["label_noise"] == 0.2, "phase"] == "IV-B").all()
+    share, differ = agreement(full_grid_phases(load_sweep(str(tmp_path / "full")), result.grid), refined, result.grid)
+    assert share == 1.0 and differ == []
 
 
 # ---------------------------------------------------------------- the searcher and the driver
