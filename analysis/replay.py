@@ -91,7 +91,9 @@ def replay(source: str, out: str, settings: RefineSettings, thresholds: str = "p
         raise ConfigError("--out", f"{storage.uri} holds records already; give a new folder")
     spec = {**{k: v for k, v in full.spec.items() if k != "spec_id"},  # its lens holds the full grid's records
             "name": f"{full.spec.get('name', 'sweep')}-refined",
-            "refine": {**asdict(settings), "thresholds": thresholds}, "replayed_from": full.path}
+            "refine": {**asdict(settings), "thresholds": thresholds,
+                       **({"per": ",".join(grid.other_axes)} if grid.others else {})},  # as `sweeps.refine` says
+            "replayed_from": full.path}
     storage.write_bytes("spec.json", json.dumps(spec, indent=2, default=str).encode())
     answered: set[Place] = set()
     rounds: list[int] = []

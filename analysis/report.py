@@ -62,6 +62,18 @@ def phase_grid(cells: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return cells.assign(label=labels).pivot(index=y, columns=x, values="label").fillna("")
 
 
+def refined_per(spec: dict) -> list[str]:
+    """The axes (record columns) a refined sweep was refined per: each of their values is
+    a diagram of its own (`sweeps.refine`); none for a 2-D or a full-grid sweep."""
+    return [a for a in spec.get("refine", {}).get("per", "").split(",") if a]
+
+
+def slice_values(spec: dict, column: str) -> str:
+    """The values of one axis (a record column) as the spec lists them, for messages."""
+    values = {key.replace(".", "_"): v for key, v in spec.get("values", {}).items()}
+    return ", ".join(str(v) for v in values.get(column, []))
+
+
 @dataclass(frozen=True)
 class Report:
     files: dict[str, str]  # name -> path written
@@ -76,6 +88,10 @@ def write_report(path: str, out: str, options: ReportOptions = ReportOptions()) 
     sweep = load_sweep(path, options.all_specs)
     if sweep.trials.empty:
         raise ConfigError("PATH", f"{path}: no trials records found")
+    unfixed = [a for a in refined_per(sweep.spec) if a not in options.fixed]
+    if unfixed:  # its slices are separate diagrams, refined each on its own: never pooled
+        raise ConfigError("--fix", f"this sweep was refined per {', '.join(unfixed)}, each value a diagram of "
+                                   f"its own; give --fix {unfixed[0]}=VALUE (values: {slice_values(sweep.spec, unfixed[0])})")
     x, y = diagram_axes([a for a in sweep.axes() if a not in options.fixed], options.x, options.y)
     cells = cell_metrics(sweep, [x, y], options.fixed)
     thresholds = resolve_thresholds(cells, options.thresholds, options.overrides)

@@ -294,6 +294,11 @@ def test_replay_refines_each_slice_of_a_third_axis_alone(sliced, tmp_path):
     assert (refined.loc[refined["label_noise"] == 0.2, "phase"] == "IV-B").all()
     share, differ = agreement(full_grid_phases(load_sweep(str(tmp_path / "full")), result.grid), refined, result.grid)
     assert share == 1.0 and differ == []
+    # a report never pools the slices: it asks for one, and draws each alone
+    with pytest.raises(ConfigError, match=r"--fix: this sweep was refined per label_noise.*values: 0.0, 0.2"):
+        write_report(result.path, str(tmp_path / "report"))
+    sliced_report = write_report(result.path, str(tmp_path / "report"), ReportOptions(fixed={"label_noise": "0.2"}))
+    assert (sliced_report.cells["phase"] == "IV-B").all() and len(sliced_report.cells) == 25
 
 
 # ---------------------------------------------------------------- the searcher and the driver
