@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import pyarrow as pa
@@ -10,10 +11,25 @@ import pyarrow as pa
 from analysis.load import load_sweep
 from analysis.summary import cell_table, format_cells
 from analysis.yang2021 import ArchiveError, import_archive
+from sweeps.arguments import OneLineParser, number
 from workers.errors import ConfigError
 from workers.safe_pickle import UnsafePickleError
 
 ALL_HELP = "read the records of every spec run in the folder, not only the latest spec's"
+MAX_EVERY_S = 86_400.0  # a day; time.sleep overflows near 1e10 s
+
+
+def _threshold(text: str) -> str:
+    """`--threshold NAME=VALUE` with VALUE a finite number (every comparison with NaN is
+    false, so it would classify without a word); the name is checked by the report."""
+    name, sep, value = text.partition("=")
+    try:
+        number(float, -math.inf)(value)
+    except argparse.ArgumentTypeError:
+        sep = ""
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with VALUE a finite number, got {text!r}")
+    return text
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -108,7 +124,7 @@ def cmd_import_yang2021(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
+    parser = OneLineParser(prog="python -m analysis", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser("summary", help="one row per grid cell: seeds, mean ± std of losses/accuracies")
     summary.add_argument("path", help="sweep folder (e.g. results/taxonomy-demo) or URI")
@@ -119,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("path", help="sweep folder or URI")
     status.add_argument("--all", action="store_true", help=ALL_HELP)
     status.add_argument("--watch", action="store_true", help="refresh until the sweep is complete (Ctrl-C stops)")
-    status.add_argument("--every", type=float, default=5.0, metavar="SECONDS",
-                        help="seconds between refreshes with --watch (default: 5)")
+    status.add_argument("--every", type=number(float, 0, above=True, maximum=MAX_EVERY_S), default=5.0,
+                        metavar="SECONDS", help="seconds between refreshes with --watch (default: 5)")
     status.set_defaults(run=cmd_status)
     compact = commands.add_parser("compact", help="write each table as one Parquet file under PATH/tables/ "
                                   "(readers take it plus the records it lacks)")
@@ -136,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep only models with this value; axes neither drawn nor fixed are pooled")
     report.add_argument("--thresholds", choices=("paper", "auto"), default="paper",
                         help="paper: calibrated on Yang et al. 2021; auto: derived from this sweep")
-    report.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
+    report.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="NAME=VALUE",
                         help="set one threshold: log_top_eigenvalue, mc, cka, train_loss")
     report.set_defaults(run=cmd_report)
     yang = commands.add_parser("import-yang2021", help="the published metrics of Yang et al. 2021 as a sweep folder")

@@ -11,11 +11,10 @@ import dataclasses
 import os
 import sys
 from collections import Counter
-from typing import Any
 
 from analysis.refine import RefineSettings
 from sweeps import driver
-from sweeps.arguments import EXIT_BAD_INPUT, OneLineParser
+from sweeps.arguments import EXIT_BAD_INPUT, OneLineParser, number
 from sweeps.feasibility import LOCAL_ADDRESSES, check_before_start
 from sweeps.interrupt import Interrupted
 from sweeps.loggers import LOGGERS, parse_loggers
@@ -30,27 +29,14 @@ from workers.packing.plan import PackPlan, plan_packs
 from workers.storage import is_uri
 
 
-def _positive_number(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-        return value
-
-    return parse
-
-
 def _gpus_setting(text: str) -> float | str:
     """`auto` (each trial's share derived from its width, `sweeps.resources`) or a number >= 0."""
     if text.strip().lower() == AUTO:
         return AUTO
     try:
-        return _positive_number(float)(text)
-    except argparse.ArgumentTypeError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}; or 'auto'") from None
+        return number(float, 0)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a finite number >= 0, got {text!r}") from None
 
 
 def build_parser(study: str, description: str) -> argparse.ArgumentParser:
@@ -67,15 +53,15 @@ def build_parser(study: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--storage", default="results", help="local folder or URI (s3://bucket/prefix) holding sweeps (default: ./results)")
     parser.add_argument("--name", help=f"sweep folder name under --storage (default: {study}-<preset>)")
     parser.add_argument("--address", help="Ray cluster to connect to (e.g. auto); default: start an embedded local Ray")
-    parser.add_argument("--max-concurrent", type=_positive_number(int), default=0, help="trials running at once (default: as resources allow)")
-    parser.add_argument("--cpus-per-trial", type=_positive_number(float), default=1.0, help="CPUs reserved per trial; also torch's thread count (default: 1)")
+    parser.add_argument("--max-concurrent", type=number(int, 0), default=0, help="trials running at once (default: as resources allow)")
+    parser.add_argument("--cpus-per-trial", type=number(float, 0), default=1.0, help="CPUs reserved per trial; also torch's thread count (default: 1)")
     parser.add_argument("--gpus-per-trial", type=_gpus_setting, default=0.0,
                         help="GPUs per trial: a number (fractions share a GPU) or 'auto' to derive it "
                         "from each model's width, see sweeps/resources.py (default: 0)")
-    parser.add_argument("--wait-for-resources", type=_positive_number(float), default=300.0, metavar="SECONDS",
+    parser.add_argument("--wait-for-resources", type=number(float, 0), default=300.0, metavar="SECONDS",
                         help="with --address: how long to wait for a node that can run one trial (an autoscaler "
                         "may be adding it) before stopping the sweep (default: 300)")
-    parser.add_argument("--max-retries", type=_positive_number(int), default=2,
+    parser.add_argument("--max-retries", type=number(int, 0), default=2,
                         help="retries of a failing trial (a killed worker resumes from its last epoch; default: 2)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value; repeatable; a comma list makes an axis")

@@ -3,7 +3,9 @@ is allowed, and nothing written (no sweep folder, no spec.json, no lock)."""
 
 from __future__ import annotations
 
+import tarfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from sweeps.driver import RunOptions, run
 from sweeps.spec import SweepSpec
 from workers.errors import ConfigError
 
+STORED = Path(__file__).parent / "data" / "stored_sweep_v1.tar.gz"
 SMALL = ["--set", "width=2", "--set", "batch_size=128", "--set", "metrics=", "--set", "measure_pairs=false",
          "--set", "epochs=1", "--set", "milestones=1"]
 
@@ -85,3 +88,81 @@ def test_the_memory_bound_is_above_the_exact_count_and_both_grow_with_width_and_
         assert bound >= exact > 0
     assert training_bytes(wide)[0] > 10 * training_bytes(small)[0]  # weights grow as width^2
     assert training_bytes(big_batch, exact=True)[1] > training_bytes(small, exact=True)[1]
+
+
+def exit_code(run) -> int:
+    """A command's exit code, whether it returns one or argparse exits with it."""
+    try:
+        return run()
+    except SystemExit as exc:  # argparse's own errors
+        return exc.code
+
+
+# Every numeric option of every command refuses NaN and infinity: Python's float() takes
+# both, NaN passes a `value < 0` check, and infinity overflows later (time.sleep).
+@pytest.mark.parametrize("args, named", [
+    (["--cpus-per-trial", "nan"], "argument --cpus-per-trial: expected a finite number >= 0"),
+    (["--cpus-per-trial", "inf"], "argument --cpus-per-trial: expected a finite number >= 0"),
+    (["--gpus-per-trial", "nan"], "argument --gpus-per-trial: expected 'auto' or a finite number >= 0"),
+    (["--gpus-per-trial=-inf"], "argument --gpus-per-trial: expected 'auto' or a finite number >= 0"),
+    (["--wait-for-resources", "inf"], "argument --wait-for-resources: expected a finite number >= 0"),
+    (["--wait-for-resources", "nan"], "argument --wait-for-resources: expected a finite number >= 0"),
+    (["--max-concurrent", "inf"], "argument --max-concurrent: expected a whole number >= 0"),
+    (["--max-retries", "nan"], "argument --max-retries: expected a whole number >= 0"),
+    (["--refine", "budget=nan"], "--refine budget: must be in (0, 1]"),
+    (["--refine", "stride=inf"], "--refine stride: must be an integer >= 2"),
+    (["--pack", "inf"], "--pack: must be 'auto', 'off' or a pack size >= 1"),
+    (["--set", "weight_decay=nan"], "weight_decay: must be a finite number"),
+    (["--set", "hessian.n_samples=inf"], "hessian.n_samples: expected int"),
+])
+def test_a_sweep_option_given_nan_or_infinity_exits_2_naming_it_and_writes_nothing(tmp_path, capsys, args, named):
+    code = exit_code(lambda: main("taxonomy", "", ["--storage", str(tmp_path / "store"), "--name", "s", *SMALL, *args]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {named}"), err
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--nodes", "nan"], "argument --nodes: expected a whole number >= 1"),
+    (["--cpus-per-node", "inf"], "argument --cpus-per-node: expected a whole number >= 0"),
+    (["--max-resubmits", "nan"], "argument --max-resubmits: expected a whole number >= 1"),
+    ([], "sweep command: argument --cpus-per-trial: expected a finite number >= 0"),
+])
+def test_a_slurm_option_given_nan_or_infinity_exits_2_naming_it_and_writes_nothing(tmp_path, capsys, args, named):
+    from sweeps.slurm.__main__ import main as slurm_main
+
+    sweep = ["python", "sweeps/taxonomy.py", "--storage", str(tmp_path / "store"), "--name", "s", *SMALL,
+             *(["--cpus-per-trial", "nan"] if not args else [])]
+    code = exit_code(lambda: slurm_main(["submit", "--dry-run", "--allow-local-storage", *args, "--", *sweep]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {named}"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def unfinished_sweep(tmp_path) -> Path:
+    """The stored sweep with its pair missing: `status --watch` would keep refreshing."""
+    with tarfile.open(STORED) as archive:
+        archive.extractall(tmp_path, filter="data")
+    folder = tmp_path / "stored"
+    for record in [*(folder / "pairs").iterdir(), *(folder / "tables").iterdir()]:
+        record.unlink()
+    return folder
+
+
+@pytest.mark.parametrize("args, named", [
+    (["status", "{path}", "--watch", "--every", "nan"], "argument --every: expected a finite number > 0"),
+    (["status", "{path}", "--watch", "--every", "inf"], "argument --every: expected a finite number > 0"),
+    (["status", "{path}", "--watch", "--every", "1e12"], "argument --every: must be > 0 and <= 86400"),
+    (["report", "{path}", "--out", "{out}", "--threshold", "cka=nan"], "argument --threshold: expected NAME=VALUE"),
+    (["report", "{path}", "--out", "{out}", "--threshold", "mc=-inf"], "argument --threshold: expected NAME=VALUE"),
+    (["refine-replay", "{path}", "--out", "{out}", "--refine", "budget=inf"], "--refine budget: must be in (0, 1]"),
+])
+def test_an_analysis_option_given_nan_or_infinity_exits_2_naming_it_and_writes_nothing(
+        unfinished_sweep, tmp_path, capsys, args, named):
+    before = sorted(unfinished_sweep.rglob("*"))
+    argv = [a.format(path=unfinished_sweep, out=tmp_path / "out") for a in args]
+    code = exit_code(lambda: analysis_main(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {named}"), err
+    assert sorted(unfinished_sweep.rglob("*")) == before and not (tmp_path / "out").exists()

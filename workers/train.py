@@ -52,6 +52,31 @@ class TrainConfig(Section):
                               f"samples of {config.data.dataset} at data_fraction={config.data.data_fraction})")
 
 
+# A model has diverged when its epoch's mean training loss is not finite or exceeds
+# EXPLODED_LOSS_FACTOR x ln(classes), ln(classes) being the cross-entropy of a uniform
+# guess (2.3 for 10 classes, 4.6 for 100). Why 1e3 (measured on digits): models that
+# learn stay near or below ln C (ResNet18-k up to lr 2: at most 1.2 x); at too high an
+# lr, runs sit at chance accuracy with losses of tens to hundreds x ln C (MLP: 43 x at
+# lr 1, 307 x at lr 10), and every run that passed 1e3 x (4.6e4 to 2.1e9) went on to
+# 1e7-1e34 or NaN within a few epochs. So the limit is far above any loss a learning
+# model reports and far below where float32 overflows (3.4e38): waiting for a NaN let a
+# sweep record a model `ok` at 5.7e29. Solo (`fit`) and packed training (`fit_packed`,
+# per member) both judge `EpochStats`, so a packed member diverges when its solo run does.
+EXPLODED_LOSS_FACTOR = 1e3
+
+
+def loss_diverged(train_loss: float, classes: int) -> bool:
+    """Whether a mean cross-entropy over `classes` classes marks a diverged model: not
+    finite, or above `EXPLODED_LOSS_FACTOR` x ln(classes) (see there)."""
+    assert classes >= 2, classes
+    return not math.isfinite(train_loss) or train_loss > EXPLODED_LOSS_FACTOR * math.log(classes)
+
+
+def divergence_reason(epoch: int) -> str:
+    """The error text of a model that diverged at `epoch` (1-based), stating the rule."""
+    return f"training loss non-finite or above {EXPLODED_LOSS_FACTOR:g} x ln(classes) at epoch {epoch}"
+
+
 @dataclass(frozen=True)
 class EpochStats:
     epoch: int  # 1-based: the number of epochs finished
@@ -59,12 +84,14 @@ class EpochStats:
     train_loss: float  # mean over the epoch's batches, model in train mode
     train_acc: float
     time_s: float
+    classes: int  # of the model's outputs: the divergence rule's scale
     step_size: float = math.nan  # mean adaptive step size (ALI-G) of the epoch's steps
     step_size_unclipped: float = math.nan  # the same before the max_lr cap
 
     @property
     def diverged(self) -> bool:
-        return not math.isfinite(self.train_loss)
+        """The rule of `loss_diverged`: the loss is not finite or has exploded."""
+        return loss_diverged(self.train_loss, self.classes)
 
 
 def epoch_batches(
@@ -167,23 +194,22 @@ def train_epoch(
     epoch: int,
     augment: Augment = NONE,
 ) -> EpochStats:
-    """One epoch of minibatch updates; divergence shows as a non-finite train_loss."""
+    """One epoch of minibatch updates; divergence shows in train_loss (`loss_diverged`)."""
     start = time.perf_counter()
     model.train()
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
-    seen = 0
+    seen, classes = 0, 0
     lr = update.param_groups()[0]["lr"]
     for i, (xb, yb) in enumerate(epoch_batches(x, y, batch_size, seed, epoch, augment)):
-        loss, logits = update(i, xb, yb)
+        loss, logits = update(i, xb, yb)  # logits (B, classes)
         loss_sum += loss * len(yb)
         correct += (logits.argmax(1) == yb).sum()
-        seen += len(yb)
+        seen, classes = seen + len(yb), logits.shape[-1]
     # One host sync per epoch: a blown-up run is caught here, at most one epoch late.
-    return EpochStats(
-        epoch + 1, lr, float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1),
-        time.perf_counter() - start, *update.step_sizes(),
-    )
+    step_size, unclipped = update.step_sizes()
+    return EpochStats(epoch + 1, lr, float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1),
+                      time.perf_counter() - start, classes, step_size, unclipped)
 
 
 @torch.no_grad()
@@ -243,7 +269,8 @@ def fit(
     augment: Augment = NONE,
     on_epoch: Callable[[EpochStats], None] = lambda stats: None,
 ) -> EpochStats | None:
-    """Train from `start_epoch` to `epochs`; stop early and return the stats on divergence.
+    """Train from `start_epoch` to `epochs`; stop early and return the stats of the
+    epoch that diverged (`EpochStats.diverged`: its loss is not finite or exploded).
 
     `hooks` are called in order at the start and at the end of every epoch (list the
     update first: late-phase creates its members before the schedule sets their lr).

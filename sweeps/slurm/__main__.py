@@ -17,7 +17,7 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from sweeps.arguments import EXIT_BAD_INPUT, OneLineParser
+from sweeps.arguments import EXIT_BAD_INPUT, OneLineParser, number
 from sweeps.slurm import queue
 from sweeps.slurm.command import SweepCommand, parse_sweep_command
 from sweeps.slurm.request import LAUNCHERS, JobRequest, check_fits, check_request
@@ -29,19 +29,6 @@ from workers.storage import is_uri
 EXIT_SLURM_FAILED = 1
 
 
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m sweeps.slurm", description="Run a sweep on a Slurm cluster (docs/slurm.md).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="submit")
@@ -50,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         usage="python -m sweeps.slurm submit [options] -- python sweeps/<study>.py [sweep options]",
         description="Write an sbatch script that starts Ray on every node of the allocation, runs the sweep "
         "command against it and stops Ray; queue it and print how to follow it.", epilog=__doc__)
-    submit.add_argument("--nodes", type=_count(1), default=1, metavar="N", help="nodes of the allocation (default: 1)")
-    submit.add_argument("--gpus-per-node", type=_count(0), default=0, metavar="G", help="GPUs of each node given to Ray (default: 0)")
-    submit.add_argument("--cpus-per-node", type=_count(0), default=0, metavar="C",
+    submit.add_argument("--nodes", type=number(int, 1), default=1, metavar="N", help="nodes of the allocation (default: 1)")
+    submit.add_argument("--gpus-per-node", type=number(int, 0), default=0, metavar="G", help="GPUs of each node given to Ray (default: 0)")
+    submit.add_argument("--cpus-per-node", type=number(int, 0), default=0, metavar="C",
                         help="CPUs of each node given to Ray (default: whole nodes, --exclusive)")
     submit.add_argument("--time", metavar="HH:MM:SS", help="time limit, Slurm's format, e.g. 12:00:00 or 2-00:00:00 "
                         "(default: the partition's)")
@@ -67,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(ray start --head/--address --block steps, for shared nodes; default: symmetric)")
     submit.add_argument("--resubmit", action="store_true",
                         help="queue the job again shortly before its time limit, until the grid is complete")
-    submit.add_argument("--max-resubmits", type=_count(1), default=10, metavar="N", help="at most this many follow-up jobs "
+    submit.add_argument("--max-resubmits", type=number(int, 1), default=10, metavar="N", help="at most this many follow-up jobs "
                         "(default: 10)")
     submit.add_argument("--allow-local-storage", action="store_true",
                         help="accept a --storage local to this machine (/tmp, ...): only when it is the "

@@ -6,8 +6,9 @@ generator); the G batches of a step are stacked along channels into one packed b
 The loss is the sum of the members' mean cross-entropies: each member's parameters see
 only its own term, so its gradient is its solo gradient.
 
-Members never mix, so one member diverging leaves the others' numbers untouched; it
-keeps running (its NaNs stay in its own channels) and the job stops recording it.
+Members never mix, so one member diverging (`EpochStats.diverged`, the rule solo
+training applies) leaves the others' numbers untouched; it keeps running (its exploded
+or NaN values stay in its own channels) and the job stops recording it.
 """
 
 from __future__ import annotations
@@ -64,15 +65,15 @@ def train_packed_epoch(
     members = update.members
     loss_sum = torch.zeros(members, device=x.device)  # float32, as solo
     correct = torch.zeros(members, device=x.device, dtype=torch.long)
-    seen, steps = 0, 0
+    seen, steps, classes = 0, 0, 0
     streams = [epoch_batches(x, y, batch_size, seed, epoch, augment) for y, seed in zip(ys, seeds)]
     for batches in zip(*streams):
         xb = update.fast.inputs(stack_inputs([b[0] for b in batches]))  # the pack's layout: one copy
         yb = torch.stack([b[1] for b in batches], dim=1)  # (B, G)
-        losses, logits = update(xb, yb)
+        losses, logits = update(xb, yb)  # (G,), (B, G, classes)
         loss_sum += losses * len(yb)
         correct += (logits.argmax(2) == yb).sum(0)
-        seen, steps = seen + len(yb), steps + 1
+        seen, steps, classes = seen + len(yb), steps + 1, logits.shape[-1]
     sizes = update.optimizer.step_sizes()
     clipped, unclipped = ([math.nan] * members,) * 2 if sizes is None else \
         ((s / max(steps, 1)).tolist() for s in sizes)
@@ -80,7 +81,7 @@ def train_packed_epoch(
     # One host sync per epoch; as solo, the float32 sums divided in double.
     losses_mean = (loss_sum.double() / max(seen, 1)).tolist()
     accuracy = (correct.double() / max(seen, 1)).tolist()
-    return [EpochStats(epoch + 1, lrs[g], losses_mean[g], accuracy[g], elapsed, clipped[g], unclipped[g])
+    return [EpochStats(epoch + 1, lrs[g], losses_mean[g], accuracy[g], elapsed, classes, clipped[g], unclipped[g])
             for g in range(members)]
 
 
