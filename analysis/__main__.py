@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 import pyarrow as pa
@@ -99,20 +100,29 @@ def cmd_study_report(args: argparse.Namespace) -> int:
 
 def cmd_refine_replay(args: argparse.Namespace) -> int:
     from analysis.refine import RefineSettings
-    from analysis.replay import agreement, full_grid_phases, replay
+    from analysis.replay import agreement, full_grid_phases, refined_phases, replay
     from analysis.report import ReportOptions, phase_grid, write_report  # matplotlib: only when needed
 
     result = replay(args.source, args.out, RefineSettings.parse(args.refine), args.thresholds)
     grid = result.grid
-    report = write_report(result.path, args.report or f"{args.out.rstrip('/')}/report",
-                          ReportOptions(x=grid.x, y=grid.y, thresholds=args.thresholds))
-    share, differ = agreement(full_grid_phases(load_sweep(args.source), grid, args.thresholds), report.cells, grid)
-    print(phase_grid(report.cells, grid.x, grid.y).to_string())
+    out = args.report or f"{args.out.rstrip('/')}/report"
+    for part in grid.slices:  # one diagram per slice of the other axes (() : the only one)
+        fixed = {axis: str(value) for axis, value in zip(grid.other_axes, part)}
+        name = "-".join(f"{k}={v}" for k, v in fixed.items())
+        report = write_report(result.path, os.path.join(out, name) if name else out,
+                              ReportOptions(x=grid.x, y=grid.y, thresholds=args.thresholds, fixed=fixed))
+        if name:
+            print(f"{name}:")
+        print(phase_grid(report.cells, grid.x, grid.y).to_string())
+        print(f"report: {report.files['summary']}")
+    refined = refined_phases(result, args.thresholds)
+    share, differ = agreement(full_grid_phases(load_sweep(args.source), grid, args.thresholds), refined, grid)
     print(f"rounds: {' + '.join(map(str, result.rounds))} cells; trained {result.cells} of {len(grid.cells)} cells, "
           f"{result.models} of {result.total_models} models ({result.models / result.total_models:.1%})")
+    where = (*grid.other_axes, grid.x, grid.y)
     print(f"agreement with the full grid ({args.thresholds} thresholds): {share:.1%} of cells"
-          + (f"; differ at {', '.join(f'{grid.x}={a} {grid.y}={b}' for a, b in differ)}" if differ else ""))
-    print(f"report: {report.files['summary']}")
+          + (f"; differ at {', '.join(' '.join(f'{a}={v}' for a, v in zip(where, place)) for place in differ)}"
+             if differ else ""))
     return 0
 
 

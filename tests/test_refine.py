@@ -280,7 +280,7 @@ def test_refine_plans_each_slice_of_a_third_axis_alone(sliced, tmp_path):
     assert re.match(r"refined: 18 of 50 cells trained \(36 of 100 models, 36%\)", refiner.outcome())
 
 
-def test_replay_refines_each_slice_of_a_third_axis_alone(sliced, tmp_path):
+def test_replay_refines_each_slice_of_a_third_axis_alone(sliced, tmp_path, capsys):
     spec = SweepSpec("taxonomy", "demo", "full", str(tmp_path), sliced)
     write_records(tmp_path / "full", spec.trials())
     Storage.open(str(tmp_path / "full")).write_bytes("spec.json", json.dumps(spec.to_json()).encode())
@@ -299,6 +299,9 @@ def test_replay_refines_each_slice_of_a_third_axis_alone(sliced, tmp_path):
         write_report(result.path, str(tmp_path / "report"))
     sliced_report = write_report(result.path, str(tmp_path / "report"), ReportOptions(fixed={"label_noise": "0.2"}))
     assert (sliced_report.cells["phase"] == "IV-B").all() and len(sliced_report.cells) == 25
+    assert analysis_main(["refine-replay", str(tmp_path / "full"), "--out", str(tmp_path / "cli"), "--refine", "budget=1"]) == 0
+    out = capsys.readouterr().out
+    assert "label_noise=0.0:" in out and "label_noise=0.2:" in out and "100.0% of cells" in out
 
 
 # ---------------------------------------------------------------- the searcher and the driver
