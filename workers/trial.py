@@ -60,7 +60,7 @@ from workers.records import (
 from workers.runtime import RunContext, new_model, open_job, seed_everything
 from workers.storage import Storage
 from workers.swa import Swa
-from workers.train import EpochStats, Hook, Update, evaluate, finish, fit
+from workers.train import EpochStats, Hook, Update, divergence_reason, evaluate, finish, fit
 
 NAN = float("nan")
 
@@ -186,7 +186,7 @@ class Trained:
     model: torch.nn.Module  # in the default layout
     history: list[dict[str, Any]]  # one row per epoch, from `history_row`
     start_epoch: int  # the epoch training resumed from (0: a fresh start)
-    blown_up: int  # the epoch whose training loss was not finite; 0: trained to the end
+    blown_up: int  # the epoch whose training loss diverged (`workers.train.loss_diverged`); 0: trained to the end
     extras: dict[str, Any]  # more entries for the final checkpoint (late-phase members)
     train_time: float  # seconds
     ran: dict[str, Any]  # how it ran: fast-path and packing columns of the trials row
@@ -279,7 +279,7 @@ def record_trained(
         outcome = {"status": "ok", "error": "", **_losses(model, splits, cfg.measure.eval_batch_size)}
         checkpoints.save(storage, key, "final", {"model": model.state_dict(), **trained.extras})
     else:
-        outcome = {"status": "diverged", "error": f"non-finite training loss at epoch {trained.blown_up}",
+        outcome = {"status": "diverged", "error": divergence_reason(trained.blown_up),
                    **dict.fromkeys(("train_loss", "train_acc", "test_loss", "test_acc"), NAN)}
     row = {
         **config_columns(cfg, ctx.sweep), **outcome,

@@ -13,8 +13,9 @@ Protocol (idempotent like `workers.trial`):
    over), so no member ever resumes from another member's weights.
 2. After training, each member is taken out of the pack as a standard model and
    recorded by `workers.trial.record_trained` under its own trial key (`final`,
-   `history`, `trials` with `pack_size` and `pack_id`). A member whose loss stopped
-   being finite is recorded `diverged` at that epoch; the others train on unharmed. A
+   `history`, `trials` with `pack_size` and `pack_id`). A member whose loss diverged
+   (not finite, or exploded: `workers.train.loss_diverged`) is recorded `diverged` at
+   that epoch, as its solo run would be; the others train on unharmed. A
    member whose records cannot be written fails the job only after the others are
    recorded; the pack's `last` checkpoint stays, so a retry of the job resumes the pack
    from it and records just the missing members.
@@ -159,7 +160,7 @@ class PackLog:
     optimizer: torch.optim.Optimizer
     bases: list[dict[str, Any]]  # each member's config columns
     histories: list[list[dict[str, Any]]]
-    blown_up: list[int]  # per member: the epoch its loss was not finite; 0: still training
+    blown_up: list[int]  # per member: the epoch its loss diverged (`workers.train.loss_diverged`); 0: still training
     start_epoch: int = 0
     progress: JobProgress | None = None
 
