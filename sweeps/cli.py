@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import sys
 from collections import Counter
@@ -232,14 +233,20 @@ def print_report(study: str, path: str, thresholds: str) -> None:
         print(f"report: {written['summary']}")
         return
     from analysis import load_sweep
-    from analysis.report import ReportOptions, phase_grid, write_report
+    from analysis.report import ReportOptions, phase_grid, refined_per, write_report
     from analysis.summary import cell_table, format_cells
 
     sweep = load_sweep(path)
     if len(sweep.axes()) < 2:  # a phase diagram needs two axes; show the cells instead
         print(format_cells(cell_table(sweep)))
         return
-    report = write_report(path, default_out(path), ReportOptions(thresholds=thresholds))
-    print(f"phases ({thresholds} thresholds; {report.y} down, {report.x} across; ? = near a threshold):")
-    print(phase_grid(report.cells, report.x, report.y).to_string())
-    print(f"phase diagram: {report.files['phase_diagram']}\nreport: {report.files['summary']}")
+    per = refined_per(sweep.spec)  # a refined sweep's slices are diagrams of their own, never pooled
+    for values in itertools.product(*(sorted(sweep.trials[axis].unique()) for axis in per)):
+        fixed = {axis: str(value) for axis, value in zip(per, values)}
+        name = "-".join(f"{k}={v}" for k, v in fixed.items())
+        report = write_report(path, os.path.join(default_out(path), name) if name else default_out(path),
+                              ReportOptions(thresholds=thresholds, fixed=fixed))
+        print(f"phases ({thresholds} thresholds; {report.y} down, {report.x} across; ? = near a threshold"
+              f"{'; ' + name if name else ''}):")
+        print(phase_grid(report.cells, report.x, report.y).to_string())
+        print(f"phase diagram: {report.files['phase_diagram']}\nreport: {report.files['summary']}")
