@@ -174,3 +174,13 @@ def test_a_failure_that_would_repeat_is_tried_once_and_the_rest_still_runs(tmp_p
     assert len(failures) == 1, "a failure that would repeat was retried"
     sweep = load_sweep(str(tmp_path / "s"))
     assert sorted(sweep.trials["seed"]) == [0, 2] and len(sweep.pairs) == 1
+
+
+def test_a_diverged_model_owes_no_metric_so_nothing_counts_as_failed_or_runs_again(tmp_path):
+    spec = _spec(tmp_path, seed=0, lr=[0.05, 1e6], **HESSIAN)
+    summary = run(spec, spec.trials(), RunOptions(in_process=True, pack="2"), log=lambda line: None)
+    assert summary.failed == 0 and summary.ran == 2
+    measures = load_sweep(str(tmp_path / "s")).measures.set_index("lr")
+    assert measures.loc[1e6, "status"] == "diverged" and measures.loc[1e6, "error"].startswith("not measured: ")
+    assert measures.loc[0.05, "status"] == "ok"
+    assert run(spec, spec.trials(), RunOptions(in_process=True, pack="2"), log=lambda line: None).ran == 0

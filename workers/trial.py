@@ -106,7 +106,11 @@ def run_trial(
     storage, key = job.storage, cfg.trial_key
     row = storage.read_table(TRIALS, key).to_pylist()[0] if storage.exists(record_path(TRIALS, key)) else None
     todo = pending_metrics(cfg, set(storage.list_names(MEASURES, ".parquet")))
-    if row is not None and (row["status"] != "ok" or not todo):
+    if row is not None and row["status"] != "ok":
+        for metric in todo:
+            _record_unmeasured(cfg, ctx, storage, metric, row)
+        return row
+    if row is not None and not todo:
         return row  # nothing to do: no data, no model (a pack job asks this of every member)
 
     seed_everything(cfg.train.seed)
@@ -125,10 +129,12 @@ def run_trial(
     else:
         model.load_state_dict(weights[0]["model"])
 
-    if row["status"] == "ok" and todo:
-        for metric in todo:
-            row.update(_measure(cfg, ctx, storage, metric, model, splits, weights[1]["model"], job.device,
-                                row.get(WEIGHTS_ID, "")))
+    for metric in todo:
+        if row["status"] != "ok":
+            _record_unmeasured(cfg, ctx, storage, metric, row)
+            continue
+        row.update(_measure(cfg, ctx, storage, metric, model, splits, weights[1]["model"], job.device,
+                            row.get(WEIGHTS_ID, "")))
     return row
 
 
@@ -326,14 +332,29 @@ def _measure(
     scalars = {f"{metric}_{k}": v for k, v in result.scalars.items()}
     scalars[f"{metric}_time_s"] = time.perf_counter() - start
     record = measure_key(cfg, metric)
-    base = {**config_columns(cfg, ctx.sweep), "metric": metric, "settings": json.dumps(options.identity(), sort_keys=True),
-            WEIGHTS_ID: weights_id}
+    base = _measure_columns(cfg, ctx.sweep, metric, weights_id)
     if result.curves:
         storage.write_table(CURVES, record, to_table([{**base, **point} for point in result.curves]))
     storage.write_table(MEASURES, record, to_table(
         [{**base, **outcome, **scalars, **provenance(ctx.resolved_device(), ctx.code_version)}]
     ))
     return scalars
+
+
+def _record_unmeasured(cfg: TrialConfig, ctx: RunContext, storage: Storage, metric: str, row: dict[str, Any]) -> None:
+    """A measures row saying that a diverged model was not measured (no scalars): the
+    metric is done with, as the pair of a diverged model is, so reruns and `status` do
+    not wait for it."""
+    storage.write_table(MEASURES, measure_key(cfg, metric), to_table([{
+        **_measure_columns(cfg, ctx.sweep, metric, row.get(WEIGHTS_ID, "")), "status": row["status"],
+        "error": f"not measured: {row['error']}", **provenance(ctx.resolved_device(), ctx.code_version)}]))
+
+
+def _measure_columns(cfg: TrialConfig, sweep: str, metric: str, weights_id: str) -> dict[str, Any]:
+    """The columns every row of a measure (and its curve) leads with: config, metric,
+    its options, and the weights it describes."""
+    return {**config_columns(cfg, sweep), "metric": metric,
+            "settings": json.dumps(cfg.sections[metric].identity(), sort_keys=True), WEIGHTS_ID: weights_id}
 
 
 def inject_fault(trial_key: str, epoch: int) -> None:
