@@ -33,7 +33,7 @@ from sweeps.spec import SweepSpec
 from workers import live
 from workers.catalog import TrialConfig
 from workers.errors import ConfigError, StorageError, StorageFull
-from workers.lineage import quarantine_stale
+from workers.lineage import resumable_packs, set_aside_stale
 from workers.packing.plan import PackPolicy, plan_packs
 from workers.runtime import RunContext
 from workers.storage import Storage
@@ -89,13 +89,14 @@ def code_version() -> str:
 
 
 def holdings(storage: Storage) -> Holdings:
-    """The done-records the sweep folder holds now (three listings)."""
-    return Holdings.listed(lambda table: storage.list_names(table, ".parquet"))
+    """The done-records the sweep folder holds now (three listings), and the packs a
+    kill left to resume (one listing of the checkpoints)."""
+    return Holdings.listed(lambda table: storage.list_names(table, ".parquet"), resumable_packs(storage))
 
 
 def unrecorded(configs: list[TrialConfig], storage: Storage) -> int:
     """Models and seed pairs of `configs` with no record yet (a pack's job owes several)."""
-    held = holdings(storage)
+    held = Holdings.listed(lambda table: storage.list_names(table, ".parquet"))
     return len(pending_trials(configs, held)) + len(pending_pairs(configs, held))
 
 
@@ -164,7 +165,7 @@ def run(
     say = log or print
     storage = Storage.open(spec.storage).child(spec.name)
     with sweep_lock(storage):
-        for line in (*quarantine_damaged(storage), *quarantine_stale(storage)):
+        for line in (*quarantine_damaged(storage), *set_aside_stale(storage)):
             say(line)
         version = code_version()
         axes = list(spec.axes())

@@ -62,11 +62,14 @@ class Holdings:
     trained: frozenset[str]
     measured: frozenset[str]
     paired: frozenset[str]
+    resumable: tuple[tuple[str, ...], ...] = ()  # the members of each pack a kill left to resume
 
     @classmethod
-    def listed(cls, list_names: Callable[[str], Iterable[str]]) -> Holdings:
-        """From a listing function (`lambda table: storage.list_names(table, ".parquet")`)."""
-        return cls(*(frozenset(list_names(table)) for table in (TRIALS, MEASURES, PAIRS)))
+    def listed(cls, list_names: Callable[[str], Iterable[str]],
+               resumable: tuple[tuple[str, ...], ...] = ()) -> Holdings:
+        """From a listing function (`lambda table: storage.list_names(table, ".parquet")`)
+        and the packs to resume (`workers.lineage.resumable_packs`)."""
+        return cls(*(frozenset(list_names(table)) for table in (TRIALS, MEASURES, PAIRS)), resumable)
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,27 @@ def plan_run(configs: Sequence[TrialConfig], held: Holdings, packer: Packer, con
     `RunContext` values (`dataclasses.asdict`)."""
     todo = grid_order(pending_trials(configs, held))
     pairs = sorted(pending_pairs(configs, held), key=lambda p: p.key)
-    untrained = [c for c in todo if c.trial_key not in held.trained]
+    resumed = _resumed_packs(configs, todo, held)
+    in_resumed = {c.trial_key for plan in resumed for c in plan.members}
+    untrained = [c for c in todo if c.trial_key not in held.trained and c.trial_key not in in_resumed]
     # A trained model missing only a metric is measured by a solo job: it trains
     # nothing, so it gains nothing in a pack.
-    packs = [*(PackPlan((c,), "trained already") for c in todo if c.trial_key in held.trained), *packer(untrained)]
+    measured_only = [PackPlan((c,), "trained already") for c in todo
+                     if c.trial_key in held.trained and c.trial_key not in in_resumed]
+    packs = [*measured_only, *resumed, *packer(untrained)]
     return Plan(tuple(todo), tuple(pairs), tuple(packs), tuple(plan_jobs(packs, pairs, context)))
+
+
+def _resumed_packs(configs: Sequence[TrialConfig], todo: list[TrialConfig], held: Holdings) -> list[PackPlan]:
+    """The packs a kill left partly recorded, as they were (all their members, the
+    recorded ones included: the pack job resumes the whole pack from its checkpoint and
+    records only the missing), when every member is in `configs` and one is owed.
+    Cutting such a pack anew would train its members with other weights than the
+    uninterrupted run."""
+    by_key, owed = {c.trial_key: c for c in configs}, {c.trial_key for c in todo}
+    return [PackPlan(tuple(by_key[k] for k in members)) for members in held.resumable
+            if members and all(k in by_key for k in members) and any(k in owed and k not in held.trained
+                                                                      for k in members)]
 
 
 def plan_jobs(packs: Sequence[PackPlan], pairs: Sequence[PairPlan], context: dict[str, Any]) -> list[Job]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import pickle
 import sys
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from workers.errors import CheckpointError
+from workers.records import CHECKPOINTS, PACK_MEMBERS, checkpoint_path
 from workers.storage import Storage
 
 
@@ -38,14 +40,37 @@ def weights_id(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def path(trial_key: str, name: str) -> str:
-    return f"checkpoints/{trial_key}/{name}.pt"
+path = checkpoint_path  # `checkpoints/<trial_key or pack id>/<name>.pt`
+
+
+# A checkpoint's bytes end with this tag and a hash of what precedes it: torch.load
+# reads a file whose tensor bytes were garbled without an error, and resuming from (or
+# measuring) such weights would be recorded as valid. Files without the tag (written
+# before it) are loaded as they are; torch.load itself ignores the trailer (`init_from`).
+CHECKSUM_TAG = b"LSCK1"
+CHECKSUM_BYTES = 16
 
 
 def save(storage: Storage, trial_key: str, name: str, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    storage.write_bytes(path(trial_key, name), buffer.getvalue())
+    data = buffer.getvalue()
+    storage.write_bytes(path(trial_key, name), data + CHECKSUM_TAG + _checksum(data))
+
+
+def _checksum(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=CHECKSUM_BYTES).digest()
+
+
+def _verified(data: bytes, where: str) -> bytes:
+    """The torch.save bytes of a checkpoint file, after checking its checksum."""
+    cut = len(data) - len(CHECKSUM_TAG) - CHECKSUM_BYTES
+    body, trailer = data[:cut], data[cut:]
+    if not trailer.startswith(CHECKSUM_TAG):
+        return data  # written before checksums
+    if _checksum(body) != trailer[len(CHECKSUM_TAG):]:
+        raise CheckpointError(f"{where} cannot be read: its checksum does not match its bytes")
+    return body
 
 
 def exists(storage: Storage, trial_key: str, name: str) -> bool:
@@ -57,7 +82,7 @@ def load(storage: Storage, trial_key: str, name: str, device: str = "cpu") -> di
     relpath = path(trial_key, name)
     if not storage.exists(relpath):
         return None
-    data = storage.read_bytes(relpath)
+    data = _verified(storage.read_bytes(relpath), storage.path(relpath))
     try:
         return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -81,3 +106,14 @@ def load_or_quarantine(storage: Storage, trial_key: str, name: str, device: str 
 
 def remove(storage: Storage, trial_key: str, name: str) -> None:
     storage.delete(path(trial_key, name))
+
+
+def save_pack_members(storage: Storage, pack_key: str, members: list[str]) -> None:
+    """Name a pack's members (trial keys, in its order) beside its `last` checkpoint."""
+    storage.write_bytes(f"{CHECKPOINTS}/{pack_key}/{PACK_MEMBERS}", json.dumps(members).encode())
+
+
+def remove_pack_resume(storage: Storage, pack_key: str) -> None:
+    """A pack's `last` checkpoint and its members file: the pack is recorded."""
+    remove(storage, pack_key, "last")
+    storage.delete(f"{CHECKPOINTS}/{pack_key}/{PACK_MEMBERS}")

@@ -4,29 +4,45 @@ A measure, a seed pair and their curves name the weights they were computed from
 (`workers.records`, lineage). When a model is trained again (its trials record was
 damaged, its final checkpoint lost), its new weights differ, and so does its
 `weights_id`: everything computed from the old weights no longer describes the model
-its keys name. `quarantine_stale` moves such records to `_quarantine/` before a run
-plans, so the run recomputes them exactly as if they had never been written; it is
-also what makes a measure whose model has no trials record at all (the record was
-damaged and set aside) wait for the model's new weights. Readers leave stale records
-out the same way (`analysis.load`). Imports neither torch nor Ray.
+its keys name. Before a run plans, `set_aside_stale` settles the folder:
+
+1. a model recorded `ok` whose `final.pt` is gone has no weights: its trials and
+   history records go to `_quarantine/`, so it is trained again;
+2. a resume checkpoint (`last.pt`) that outlived its model (a kill after the model was
+   recorded) is deleted; a pack's once every member is recorded;
+3. every measure and pair not computed from its models' current weights (or whose
+   model has no trials record) goes to `_quarantine/` with its curves, so the run
+   recomputes it exactly as if it had never been written.
+
+Readers leave stale records out the same way (`analysis.load`). `resumable_packs` tells
+the planner which killed packs to resume as they were. Imports neither torch nor Ray.
 """
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from workers.records import (
+    CHECKPOINTS,
     CURVES,
+    HISTORY,
     MEASURES,
+    PACK_MEMBERS,
     PAIR_WEIGHTS_IDS,
     PAIRS,
     TRIALS,
     WEIGHTS_ID,
+    checkpoint_path,
     is_current,
     record_path,
 )
 from workers.storage import Storage
 from workers.tables import TableRead, read_table
+
+PACK_PREFIX = "pack-"  # checkpoint folders of packs (`workers.packing.plan.pack_id`)
 
 
 def _column(table: pa.Table, name: str) -> list[str]:
@@ -59,12 +75,88 @@ def stale_names(read: TableRead, models: dict[str, str]) -> list[str]:
                    if not all(is_current(models, key, weights) for key, weights in models_of_row)})
 
 
-def quarantine_stale(storage: Storage) -> list[str]:
-    """Move every stale measure and pair, with its curves, to `_quarantine/`; one line
-    per record moved, naming it and why."""
-    trials, measures, pairs = (read_table(storage, t) for t in (TRIALS, MEASURES, PAIRS))
-    models = model_weights(trials.data)
-    stale = [(read.table, name) for read in (measures, pairs) for name in stale_names(read, models)]
+def checkpoint_files(storage: Storage) -> dict[str, set[str]]:
+    """Owner (trial key or pack id) -> the file names in its checkpoint folder, from one
+    recursive listing (temp files left out)."""
+    root = storage.path(CHECKPOINTS).rstrip("/") + "/"
+    files: dict[str, set[str]] = {}
+    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+    for info in storage.fs.get_file_info(selector):
+        owner, _, name = info.path[len(root):].partition("/")
+        if info.type == pafs.FileType.File and name and not name.startswith("."):
+            files.setdefault(owner, set()).add(name)
+    return files
+
+
+def resumable_packs(storage: Storage, files: dict[str, set[str]] | None = None) -> tuple[tuple[str, ...], ...]:
+    """The members (trial keys, in training order) of every pack a kill left with a
+    `last.pt` and its members file: the planner resumes such a pack as it was."""
+    files = checkpoint_files(storage) if files is None else files
+    return tuple(tuple(_pack_members(storage, owner)) for owner, names in sorted(files.items())
+                 if owner.startswith(PACK_PREFIX) and {"last.pt", PACK_MEMBERS} <= names)
+
+
+def _pack_members(storage: Storage, pack: str) -> list[str]:
+    try:
+        return [str(key) for key in json.loads(storage.read_bytes(f"{CHECKPOINTS}/{pack}/{PACK_MEMBERS}"))]
+    except (OSError, ValueError, TypeError):
+        return []  # unreadable: the pack cannot be resumed as it was; its members train anew
+
+
+def forget_training(storage: Storage, key: str) -> None:
+    """Move a model's `trials` and `history` records to `_quarantine/`: they describe
+    weights that are lost, and the next run of the model writes them again (its
+    measures go when it does, `forget_measures`)."""
+    for table in (TRIALS, HISTORY):
+        if storage.exists(record_path(table, key)):
+            storage.quarantine(record_path(table, key))
+
+
+def forget_measures(storage: Storage, key: str) -> None:
+    """Move the measures (and their curves) of model `key` to `_quarantine/`, before its
+    new trials row is written: with no trials row of their own they were computed from
+    weights that are gone, and the new weights get measured afresh."""
+    for table in (MEASURES, CURVES):
+        for name in storage.list_names(table, ".parquet"):
+            if name.startswith(key + ".") and name.count(".") == 1:  # `<trial_key>.<metric>-<hash>`
+                storage.quarantine(record_path(table, name))
+
+
+def set_aside_stale(storage: Storage) -> list[str]:
+    """Settle the folder before a run plans (module docstring, steps 1-3); one line per
+    record set aside, naming it and why."""
+    trials = read_table(storage, TRIALS).data
+    files = checkpoint_files(storage)
+    lost = [key for key, status in zip(_column(trials, "trial_key"), _column(trials, "status"))
+            if status == "ok" and "final.pt" not in files.get(key, ())]  # step 1
+    for key in lost:
+        forget_training(storage, key)
+    models = model_weights(trials)
+    for key in lost:
+        del models[key]
+    _drop_finished_resumes(storage, set(models), files)
+    return [f"warning: model {key} is recorded as trained but {checkpoint_path(key, 'final')} is gone; "
+            "its records moved to _quarantine/, training it again" for key in lost] + _quarantine_stale(storage, models)
+
+
+def _drop_finished_resumes(storage: Storage, trained: set[str], files: dict[str, set[str]]) -> None:
+    """Step 2: resume checkpoints of recorded models, and of packs whose members all are."""
+    for owner, names in files.items():
+        if "last.pt" not in names and PACK_MEMBERS not in names:
+            continue
+        if owner.startswith(PACK_PREFIX):
+            members = _pack_members(storage, owner) if PACK_MEMBERS in names else []
+            if members and set(members) <= trained:
+                storage.delete(checkpoint_path(owner, "last"))
+                storage.delete(f"{CHECKPOINTS}/{owner}/{PACK_MEMBERS}")
+        elif owner in trained:
+            storage.delete(checkpoint_path(owner, "last"))
+
+
+def _quarantine_stale(storage: Storage, models: dict[str, str]) -> list[str]:
+    """Step 3: every stale measure and pair, with its curves."""
+    reads = [read_table(storage, table) for table in (MEASURES, PAIRS)]
+    stale = [(read.table, name) for read in reads for name in stale_names(read, models)]
     if not stale:
         return []
     curves = storage.list_names(CURVES, ".parquet")

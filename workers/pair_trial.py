@@ -31,6 +31,7 @@ from workers import checkpoints
 from workers.catalog import TrialConfig
 from workers.data import Splits, prepare
 from workers.errors import is_transient
+from workers.lineage import forget_training
 from workers.pair_metrics import PAIR_METRICS, PairContext, pair_metrics
 from workers.records import (
     CURVES,
@@ -48,7 +49,7 @@ from workers.records import (
 )
 from workers.runtime import Job, RunContext, open_job, seed_everything, trained_model
 from workers.storage import Storage
-from workers.trial import forget_training, run_trial
+from workers.trial import run_trial
 
 NAN = float("nan")
 

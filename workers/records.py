@@ -70,6 +70,18 @@ def is_current(model_ids: dict[str, str], trial_key: str, weights_id: str) -> bo
     return model_ids.get(trial_key) == weights_id
 
 
+# Checkpoints: `checkpoints/<trial key or pack id>/<name>.pt` (`workers.checkpoints`);
+# a pack's folder also holds `members.json`, its members' trial keys in training order,
+# while its `last.pt` exists, so a planner can resume that very pack (`sweeps.plan`).
+CHECKPOINTS = "checkpoints"
+PACK_MEMBERS = "members.json"
+
+
+def checkpoint_path(owner: str, name: str) -> str:
+    """Where checkpoint `name` (init, final, last) of a model or a pack lives."""
+    return f"{CHECKPOINTS}/{owner}/{name}.pt"
+
+
 def record_path(table: str, name: str) -> str:
     """Where record `name` of `table` lives inside a sweep folder."""
     return f"{table}/{name}.parquet"

@@ -39,6 +39,7 @@ from workers.data import Splits, prepare
 from workers.errors import is_transient
 from workers.fast_path import PLAIN, FastPath
 from workers.late_phase import LatePhase
+from workers.lineage import forget_measures, forget_training
 from workers.live import JobProgress
 from workers.metrics import METRICS, Measurement, MetricContext
 from workers.models import load_start, n_parameters, norm_layer
@@ -159,25 +160,6 @@ def _stored_weights(
         storage.quarantine(checkpoints.path(key, "final"))
         return None
     return final, init
-
-
-def forget_training(storage: Storage, key: str) -> None:
-    """Move a model's `trials` and `history` records to `_quarantine/`: they describe
-    weights that are lost, and the next run of the model writes them again (its
-    measures go when it does, `forget_measures`)."""
-    for table in (TRIALS, HISTORY):
-        if storage.exists(record_path(table, key)):
-            storage.quarantine(record_path(table, key))
-
-
-def forget_measures(storage: Storage, key: str) -> None:
-    """Move the measures (and their curves) of model `key` to `_quarantine/`, before its
-    new trials row is written: with no trials row of their own they were computed from
-    weights that are gone, and the new weights get measured afresh."""
-    for table in (MEASURES, CURVES):
-        for name in storage.list_names(table, ".parquet"):
-            if name.startswith(key + ".") and name.count(".") == 1:  # `<trial_key>.<metric>-<hash>`
-                storage.quarantine(record_path(table, name))
 
 
 def solo_columns(reason: str) -> dict[str, Any]:

@@ -10,7 +10,9 @@ Protocol (idempotent like `workers.trial`):
    order of their trial keys, whatever order the command line gave their values in, and
    the checkpoint names them: it is used only by a pack of exactly those members in
    exactly that order (one from before, without names, is set aside and the pack starts
-   over), so no member ever resumes from another member's weights.
+   over), so no member ever resumes from another member's weights. `members.json`
+   beside it names them too, so a rerun's planner resumes this very pack rather than
+   cutting its unrecorded members into new packs (`sweeps.plan`).
 2. After training, each member is taken out of the pack as a standard model and
    recorded by `workers.trial.record_trained` under its own trial key (`final`,
    `history`, `trials` with `pack_size` and `pack_id`). A member whose loss diverged
@@ -76,7 +78,7 @@ def run_pack(
         run_trial(todo[0], ctx, solo_reason="the other members of its pack were trained already", progress=progress)
     elif todo:
         train_pack(todo, ctx, storage, progress)
-    checkpoints.remove(storage, key, "last")  # left by a kill after the last member was recorded
+    checkpoints.remove_pack_resume(storage, key)  # left by a kill after the last member was recorded
     rows = [run_trial(c, ctx) for c in cfgs]  # each member's missing metrics, on its own model
     return rows + [run_pair(a, b, with_mc, ctx) for a, b, with_mc in pairs]
 
@@ -133,7 +135,7 @@ def train_pack(
             failed.append(exc)
     if failed:  # the `last` checkpoint stays: a retry resumes the pack and records the rest
         raise failed[0]
-    checkpoints.remove(storage, log.key, "last")
+    checkpoints.remove_pack_resume(storage, log.key)
 
 
 def _member_models(cfgs: Sequence[TrialConfig], splits: Sequence[Splits], device: str) -> list[torch.nn.Module]:
@@ -189,6 +191,7 @@ class PackLog:
         if last is None:
             for g, cfg in enumerate(cfgs):
                 checkpoints.save(storage, cfg.trial_key, "init", {"model": member_state(packed, g, len(cfgs))})
+            checkpoints.save_pack_members(storage, log.key, log.members)  # before its first `last`
             return log
         optimizer.load_state_dict(last["optimizer"])
         packed.load_state_dict(last["model"])

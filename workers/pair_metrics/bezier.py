@@ -21,9 +21,10 @@ CURVE_COLUMNS = ("t", "split", "loss", "acc", "err")  # what the summary reads o
 @PAIR_METRICS.register("bezier", scalars=("mc", "mc_loss", "mc_test", "bezier_objective"), mc_only=True)
 def bezier(model_a: nn.Module, model_b: nn.Module, options: PairConfig, context: PairContext) -> PairMeasurement:
     """Fit and evaluate the curve, or summarise the one stored before a crash."""
-    if context.stored_curve is not None:
+    if context.stored_curve is not None:  # the fit's objective rides on every point of its curve
         points = [{k: p[k] for k in CURVE_COLUMNS} for p in context.stored_curve]
-        return PairMeasurement({"curve_reused": True, **curve_summary(points)})
+        objective = context.stored_curve[0].get("objective", math.nan)
+        return PairMeasurement({"curve_reused": True, "bezier_objective": objective, **curve_summary(points)})
     cfg, splits = context.cfg, context.splits
     module = copy.deepcopy(model_a)  # the curve's module: its weights and BatchNorm statistics get overwritten
     w_a, w_b = pairwise.trainable_weights(model_a), pairwise.trainable_weights(model_b)
@@ -42,4 +43,4 @@ def bezier(model_a: nn.Module, model_b: nn.Module, options: PairConfig, context:
         x_bn=splits.x_train, bn_batch_size=batch_size, chunk=cfg.measure.eval_batch_size,
     )
     return PairMeasurement({"curve_reused": False, "bezier_objective": objective, **curve_summary(points)},
-                           curves=[{"group": "", **p} for p in points])
+                           curves=[{"group": "", "objective": objective, **p} for p in points])
