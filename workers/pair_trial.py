@@ -103,7 +103,7 @@ def _trained(
         print(f"warning: model {cfg.trial_key} of this pair has lost the final weights its trials record names; "
               "training it again", file=sys.stderr)
         forget_training(job.storage, cfg.trial_key)
-        row = run_trial(cfg, ctx)
+        row = run_trial(cfg, ctx, solo_reason="trained again by a seed pair that found its final weights lost")
         model = trained_model(job.storage, cfg, splits, job.device)
         assert model is not None, f"model {cfg.trial_key} was trained again but wrote no final checkpoint"
     return model, row.get(WEIGHTS_ID, "")
