@@ -11,6 +11,9 @@ pairs row per cell: 5.5 files per model. Nothing is trained. Figures, in one run
 - the driver's start-up on a rerun with nothing to do (`sweeps.driver.run`, in process):
   before (its first rerun, footers of every record checked) and after compaction;
 - the same sweep's sizes: record files against consolidated files;
+- bit rot (`workers.tables`): a scrub (`verify`: every consolidated record read back and
+  its hash compared) and the end-of-run compaction after a run that did work (one record
+  of each table rewritten: every other record verified, five files rewritten);
 - against a local moto S3 server, a smaller sweep (moto stores ~60 objects/s, so 55,000
   records would take a quarter of an hour to upload): open and summarise, before and
   after `compact_sweep`, and moto's listing rate, which bounds the 10,000-model figure.
@@ -148,6 +151,35 @@ def driver_rerun(spec) -> tuple[float, float, list[str]]:
     return round(stamps[0] - start, 2), round(time.perf_counter() - start, 2), lines
 
 
+def rewrite_first_records(storage) -> None:
+    """Write the first record of each table again, as a run that recomputed it would (same
+    bytes, a new mtime): the end-of-run compaction then rewrites every table."""
+    from workers.records import TABLES
+
+    for table in TABLES:
+        names = storage.list_names(table, ".parquet")
+        if names:
+            relpath = f"{table}/{names[0]}.parquet"
+            data = storage.read_bytes(relpath)
+            storage.delete(relpath)
+            storage.write_bytes(relpath, data)
+
+
+def verify_figures(path: str, records: int) -> dict[str, float]:
+    """Seconds to verify every record a sweep's consolidated tables hold: a scrub, and
+    the compaction that ends a run that did work."""
+    from workers.storage import Storage
+    from workers.tables import compact_after_run, verify
+
+    storage = Storage.open(path)
+    scrub_s, lines = timed(lambda: verify(storage))
+    assert lines == [f"verified {records} consolidated records: all as compaction read them"], lines
+    rewrite_first_records(storage)
+    compact_s, lines = timed(lambda: compact_after_run(storage))
+    assert len(lines) == 5 and all(line.endswith(" already consolidated, 1 added)") for line in lines), lines
+    return {"verify_s": scrub_s, "compaction_after_work_s": compact_s}
+
+
 def local_figures(n_models: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         spec = scale_spec(tmp, n_models)
@@ -161,6 +193,7 @@ def local_figures(n_models: int) -> dict[str, Any]:
         long_s, long_rows = timed(lambda: open_long_tables(str(folder)))
         assert rows_after == rows and long_rows == n_models * (EPOCHS + 2 * CURVE_POINTS)
         startup_after_s, rerun_after_s, _ = driver_rerun(spec)
+        verified = verify_figures(str(folder), files)
         records_mb = (folder_bytes(folder) - folder_bytes(folder / "tables")) / 1e6
         tables_mb = folder_bytes(folder / "tables") / 1e6
     return {
@@ -178,6 +211,8 @@ def local_figures(n_models: int) -> dict[str, Any]:
         "driver_rerun_with_first_compaction_s": rerun_before_s,
         "driver_startup_after_s": startup_after_s,
         "driver_rerun_after_s": rerun_after_s,  # start-up plus the up-to-date check
+        "verify_records_s": verified["verify_s"],  # a scrub: every record read back, hashed
+        "compaction_after_work_s": verified["compaction_after_work_s"],  # verifies every unchanged record
         "record_files_mb": round(records_mb, 1),
         "consolidated_mb": round(tables_mb, 2),
         "consolidated_vs_records": f"1/{records_mb / tables_mb:.0f}",
@@ -205,6 +240,7 @@ def s3_figures(n_models: int) -> dict[str, Any]:
         compact_s, _ = timed(lambda: compact_sweep(remote))
         open_after_s, rows_after = timed(lambda: open_and_summarise(remote.uri))
         assert rows_after == rows
+        verified = verify_figures(remote.uri, files)
         list_s, infos = timed(lambda: remote.fs.get_file_info(pafs.FileSelector(remote.root, recursive=True)))
     names_per_s = len(infos) / list_s
     return {
@@ -214,6 +250,8 @@ def s3_figures(n_models: int) -> dict[str, Any]:
         "compact_s": compact_s,
         "open_and_summary_consolidated_s": open_after_s,
         "open_speedup": round(open_before_s / open_after_s, 1),
+        "verify_records_s": verified["verify_s"],
+        "compaction_after_work_s": verified["compaction_after_work_s"],
         "moto_listing_names_per_s": round(names_per_s),
         # at 10,000 models the consolidated open still lists every record name once
         "listing_55000_records_at_moto_rate_s": round(55_000 / names_per_s, 1),

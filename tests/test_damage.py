@@ -5,8 +5,11 @@ its done-record with it, a damaged `last` means resuming from scratch."""
 
 from __future__ import annotations
 
+import os
+import struct
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from analysis import load_sweep
@@ -90,3 +93,36 @@ def test_a_damaged_history_or_curve_is_recomputed_with_its_record(tiny, tmp_path
     sweep = load_sweep(str(folder))
     assert not sweep.skipped and sweep.history["epoch"].tolist() == [1, 2]
     assert len(sweep.measures) == 1 and len(sweep.curves) > 0
+
+
+def _rot(path: Path, column: str) -> None:
+    """Flip one byte of the record's `column` value inside its page and put the file's mtime
+    back (bit rot): its size and mtime are those the consolidated table holds."""
+    value = pq.read_table(path).column(column)[0].as_py()
+    data = bytearray(path.read_bytes())
+    at = data.find(struct.pack("<d", value))
+    assert 0 < at < len(data) - 8 - int.from_bytes(data[-8:-4], "little"), "in a page, before the footer"
+    data[at + 5] ^= 0xFF
+    stat = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_bit_rot_keeping_size_and_mtime_is_found_by_the_next_run_that_works_and_recomputed(tiny, tmp_path):
+    spec = _spec(tiny, tmp_path, seed=[0, 1])
+    configs = spec.trials()
+    run(spec, configs, RunOptions(in_process=True), log=lambda line: None)
+    victim = tmp_path / "s" / "trials" / f"{configs[0].trial_key}.parquet"
+    _rot(victim, "test_acc")
+    startup: list[str] = []
+    assert run(spec, configs, RunOptions(in_process=True), log=startup.append).ran == 0
+    assert victim.exists() and not any("_quarantine/" in line for line in startup), "it reads no consolidated record"
+
+    grown = _spec(tiny, tmp_path, seed=[0, 1, 2])  # a run that does work verifies at its end
+    lines: list[str] = []
+    assert run(grown, grown.trials(), RunOptions(in_process=True), log=lines.append).ran == 1
+    assert any(f"trials/{configs[0].trial_key}.parquet" in line and "_quarantine/" in line for line in lines), lines
+    assert not victim.exists() and configs[0].trial_key not in set(load_sweep(str(tmp_path / "s")).trials["trial_key"])
+    assert run(grown, grown.trials(), RunOptions(in_process=True), log=lambda line: None).ran == 1, "recomputed"
+    sweep = load_sweep(str(tmp_path / "s"))
+    assert len(sweep.trials) == 3 and not sweep.skipped

