@@ -57,7 +57,7 @@ def write_records(spec) -> int:
     """Write the record files of every model and pair of `spec`; returns the file count.
     Each table is built once with `to_table` and written one record (slice) per file."""
     from sweeps.pairs import plan_pairs
-    from workers.records import config_columns, measure_key, provenance, to_table
+    from workers.records import checkpoint_path, config_columns, measure_key, provenance, to_table
     from workers.storage import Storage
 
     rng = np.random.default_rng(0)
@@ -98,6 +98,11 @@ def write_records(spec) -> int:
         jobs += [(table, name, data.slice(i * per_record, per_record)) for i, name in enumerate(names)]
     with ThreadPoolExecutor(4) as pool:  # Parquet encoding releases the GIL
         list(pool.map(lambda job: storage.write_table(*job), jobs))
+        # Each model's checkpoints, as a sweep leaves them: the driver lists them at start-up
+        # (a model recorded `ok` without its `final.pt` is trained again); nothing loads
+        # them here, so a few placeholder bytes stand in for the weights.
+        list(pool.map(lambda path: storage.write_bytes(path, b"bench"),
+                      [checkpoint_path(c.trial_key, name) for c in configs for name in ("init", "final")]))
     return len(jobs)
 
 
