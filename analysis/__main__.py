@@ -55,16 +55,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compact(args: argparse.Namespace) -> int:
+def _sweep_storage(path: str):
+    """The storage of a sweep folder; ConfigError (exit 2) if it holds no sweep."""
     from workers.storage import Storage
-    from workers.tables import TABLES, compact_sweep, describe
+    from workers.tables import TABLES
 
-    storage = Storage.open(args.path)
+    storage = Storage.open(path)
     if not storage.exists("spec.json") and not any(storage.list_names(t, ".parquet") for t in TABLES):
         raise ConfigError("path", f"{storage.uri} holds no sweep (no spec.json, no record files)")
-    for table, read in compact_sweep(storage).items():
+    return storage
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from workers.tables import compact_sweep, describe
+
+    for table, read in compact_sweep(_sweep_storage(args.path)).items():
         print(describe(table, read))
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """The scrub: every record the consolidated tables hold read back and compared with
+    the hash compaction took; exit 1 when something was damaged (and set aside)."""
+    from workers.tables import verify
+
+    lines = verify(_sweep_storage(args.path))
+    for line in lines:
+        print(line)
+    return 1 if any("moved to _quarantine/" in line for line in lines) else 0
 
 
 def _pairs_of(items: list[str], flag: str) -> dict[str, str]:
@@ -152,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
                                   "(readers take it plus the records it lacks)")
     compact.add_argument("path", help="sweep folder or URI")
     compact.set_defaults(run=cmd_compact)
+    scrub = commands.add_parser("verify", help="read back every consolidated record and compare it with the hash "
+                                "compaction took (bit rot); damaged ones go to _quarantine/ (exit 1)")
+    scrub.add_argument("path", help="sweep folder or URI")
+    scrub.set_defaults(run=cmd_verify)
     report = commands.add_parser("report", help="phase diagram, metric heatmaps and a Markdown summary")
     report.add_argument("path", help="sweep folder or URI (or an imported reference, see import-yang2021)")
     report.add_argument("--all", action="store_true", help=ALL_HELP)

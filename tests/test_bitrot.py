@@ -189,3 +189,15 @@ def test_analysis_compact_names_and_quarantines_a_rotted_record(sweep):
     assert line.endswith(f"moved to _quarantine/ to be recomputed: measures/{victim}.hessian-0.parquet"), line
     assert victim not in set(read_table(store, "measures").data.column("trial_key").to_pylist())
     assert victim in set(read_table(store, "trials").data.column("trial_key").to_pylist()), "a measure owns nothing"
+
+
+def test_analysis_verify_scrubs_an_up_to_date_sweep_and_exits_1_on_damage(sweep):
+    store, cfgs = sweep
+    scrub = [sys.executable, "-m", "analysis", "verify", store.root]
+    clean = subprocess.run(scrub, capture_output=True, text=True, timeout=120)
+    assert clean.returncode == 0 and "all as compaction read them" in clean.stdout, clean.stdout + clean.stderr
+    victim = cfgs[1].trial_key
+    rot(Path(store.path(f"measures/{victim}.hessian-0.parquet")), 10 * ACC[1])
+    damaged = subprocess.run(scrub, capture_output=True, text=True, timeout=120)
+    assert damaged.returncode == 1 and f"measures/{victim}.hessian-0.parquet" in damaged.stdout, damaged.stdout
+    assert victim not in set(read_table(store, "measures").data.column("trial_key").to_pylist())
