@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from tests.simulation import (
     DAMAGE_KINDS,
+    HISTORY,
     PAIRS,
     TRIALS,
     Case,
@@ -249,6 +250,18 @@ def test_a_resume_checkpoint_does_not_outlive_its_model(world):
     assert not out.violations, out.report()
 
 
+def test_a_model_trained_again_by_a_pair_job_says_why_it_trained_alone(world):
+    """Seeds 0 and 1 and their pair, solo; the run dies just before the pairs row, and
+    model 0's `final.pt` is garbled. The rerun's pair job finds the checksum wrong and
+    trains model 0 again; its trials row used to say it trained alone (pack_size 1, no
+    pack id) without a reason (fixed in 6163fa8; `packing_violations`)."""
+    case = Case(make_values((0, 1), pairs=True), "off",
+                (Step(Kill(1, "before", f"{PAIRS}/"), (Damage("garble_checkpoint", path="final.pt"),)),))
+    out = simulate(case, *world)
+    require(out.kills and out.damage, "the pair job was killed and a final checkpoint garbled")
+    assert not out.violations, out.report()
+
+
 # ---------------------------------------------------------------- violations found, not fixed yet
 # Each is xfail(strict) until fixed, on AssertionError only; `known_fault` in
 # tests/simulation.py tolerates it in the drawn cases meanwhile.
@@ -270,18 +283,19 @@ def test_a_final_checkpoint_damaged_after_the_sweep_is_noticed(world):
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 22 seam: a model trained again by a pair job (its final.pt failed its checksum) is "
-                          "recorded solo with an empty unpacked_reason; its own job's row says '--pack off'")
-def test_a_model_trained_again_by_a_pair_job_says_why_it_trained_alone(world):
-    """Seeds 0 and 1 and their pair, solo (--pack off); the run dies just before the
-    pairs row, and model 0's `final.pt` is garbled. The rerun's pair job finds the
-    checksum wrong and trains model 0 again through `run_trial` without a solo reason:
-    same weights as before, but its trials row says `unpacked_reason` '' where its own
-    job wrote '--pack off' (in a packed sweep: pack_size 1 and no reason at all)."""
-    case = Case(make_values((0, 1), pairs=True), "off",
-                (Step(Kill(1, "before", f"{PAIRS}/"), (Damage("garble_checkpoint", path="final.pt"),)),))
+                   reason="issue 22 seam: quarantine_damaged moves a damaged history (or curve) before its trials "
+                          "(measures, pairs) row; a kill between keeps the done-record and the history is lost for good")
+def test_a_kill_while_setting_aside_a_damaged_history_loses_nothing(world):
+    """Seeds 0 and 1, solo: the sweep finishes, model 0's history record is cut in half.
+    The rerun moves it to `_quarantine/` and dies before it moves the model's trials
+    row after it (`workers.tables.quarantine_damaged`: the record first, its owner
+    second). The trials row stays, so the model is done and no run writes its history
+    again. A damaged pair curve and its pairs row fare the same (and a measure's curve);
+    moving the done-record first would leave a state the next run repairs."""
+    case = Case(make_values((0, 1)), "off", (Step(None, (Damage("truncate_record", path=f"{HISTORY}/"),)),
+                                             Step(Kill(1, "before", f"{TRIALS}/"))))
     out = simulate(case, *world)
-    require(out.kills and out.damage, "the pair job was killed and a final checkpoint garbled")
+    require(out.kills and out.damage, "the rerun died setting the damaged history aside")
     assert not out.violations, out.report()
 
 
