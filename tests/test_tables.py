@@ -24,7 +24,15 @@ from bench.s3server import uri
 from workers.catalog import TrialConfig
 from workers.records import config_columns, to_table
 from workers.storage import Storage
-from workers.tables import MANIFEST_KEY, compact, compact_sweep, consolidated_path, held_records, read_table
+from workers.tables import (
+    MANIFEST_KEY,
+    compact,
+    compact_sweep,
+    consolidated_path,
+    held_records,
+    quarantine_damaged,
+    read_table,
+)
 
 METRIC_COLUMNS = {"hessian": ("hessian_top_eigenvalue", "hessian_trace"),
                   "interpolation": ("interpolation_barrier",)}
@@ -121,7 +129,9 @@ def test_a_quarantined_and_recomputed_record_appears_once_with_its_new_values(st
     damaged = load_sweep(store.uri)
     assert victim not in set(damaged.trials["trial_key"]), "its outdated consolidated copy is not used"
     assert damaged.skipped == [f"trials/{victim}.parquet"]
-    assert store.quarantine_unreadable("trials", trusted=held_records(store, "trials")) == [f"trials/{victim}.parquet"]
+    assert store.unreadable("trials", trusted=held_records(store, "trials")) == [victim]
+    assert quarantine_damaged(store) == [f"warning: trials/{victim}.parquet was unreadable; moved to _quarantine/, "
+                                         "will be recomputed"]
     assert len(load_sweep(store.uri).trials) == 2, "a quarantined record has no rows"
     rewrite_later(store)
     write_model(store, cfgs[0], 0.75)  # recomputed: a new file under the same name

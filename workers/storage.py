@@ -135,26 +135,25 @@ class Storage:
         """Names of finished files in `folder` (temp files skipped), without `suffix`."""
         return sorted(self.list_files(folder, suffix))
 
-    def quarantine_unreadable(self, folder: str, trusted: Mapping[str, FileStamp] | None = None) -> list[str]:
-        """Move Parquet files of `folder` that cannot be read whole to `_quarantine/`.
+    def unreadable(self, folder: str, trusted: Mapping[str, FileStamp] | None = None) -> list[str]:
+        """Names of the Parquet files of `folder` that cannot be read whole.
 
         Our writes are atomic, so a damaged file means outside harm (a disk fault, a
-        copy cut short); moving it away makes the next run recompute that record.
-        `trusted` names files known readable at that (size, mtime), e.g. the records a
-        consolidated table holds, so a rerun of a large sweep does not open every file.
+        copy cut short); the caller moves it away (`workers.tables.quarantine_damaged`)
+        so the next run recomputes that record. `trusted` names files known readable at
+        that (size, mtime), e.g. the records a consolidated table holds, so a rerun of a
+        large sweep does not open every file.
         """
         trusted = trusted or {}
-        moved = []
+        damaged = []
         for name, stamp in self.list_files(folder, ".parquet").items():
             if trusted.get(name) == stamp:
                 continue
-            relpath = f"{folder}/{name}.parquet"
             try:
-                read_parquet(self.read_bytes(relpath))
+                read_parquet(self.read_bytes(f"{folder}/{name}.parquet"))
             except (pa.ArrowException, OSError):
-                self.quarantine(relpath)
-                moved.append(relpath)
-        return sorted(moved)
+                damaged.append(name)
+        return sorted(damaged)
 
     def quarantine(self, relpath: str) -> None:
         """Move one file to `_quarantine/<relpath>` (kept for inspection, out of every

@@ -244,14 +244,13 @@ def _unchanged(storage: Storage, table: str, records: list[Record]) -> list[str 
 def _quarantine_with_owner(storage: Storage, table: str, name: str) -> list[str]:
     """Move record `name` of `table` to `_quarantine/` with the done-record of a history or
     curve (`owning_record`), so the next run writes both again; the relpaths moved."""
-    moved = [record_path(table, name)]
-    if storage.exists(moved[0]):  # quarantine_damaged moved it already
-        storage.quarantine(moved[0])
-    owner = owning_record(table, name)
+    moved = []
+    owner = owning_record(table, name)  # first: a kill between the two moves then loses nothing
     if owner is not None and storage.exists(record_path(*owner)):
         storage.quarantine(record_path(*owner))
         moved.append(record_path(*owner))
-    return moved
+    storage.quarantine(record_path(table, name))
+    return [record_path(table, name), *moved]
 
 
 def _compact(storage: Storage, table: str, scrub: bool) -> tuple[TableRead | None, int]:
@@ -355,8 +354,8 @@ def quarantine_damaged(storage: Storage) -> list[str]:
     (damage that keeps both is found when compaction verifies them, or by `verify`)."""
     lines = []
     for table in (*DONE_TABLES, *LONG_TABLES):  # done-records first: a long record's owner may go with it
-        for relpath in storage.quarantine_unreadable(table, trusted=held_records(storage, table)):
+        for name in storage.unreadable(table, trusted=held_records(storage, table)):
+            relpath, *owners = _quarantine_with_owner(storage, table, name)
             lines.append(f"warning: {relpath} was unreadable; moved to _quarantine/, will be recomputed")
-            for owner in _quarantine_with_owner(storage, table, relpath[len(table) + 1:-len(".parquet")])[1:]:
-                lines.append(f"warning: {owner} moved to _quarantine/ with it, to be recomputed")
+            lines += [f"warning: {owner} moved to _quarantine/ with it, to be recomputed" for owner in owners]
     return lines
