@@ -6,6 +6,8 @@
 Each benchmark runs in its own Python process (its own Ray session and thread
 settings) through its `run(quick) -> dict` function; every figure it reports is a ratio
 against a baseline measured in the same run, or an absolute figure next to its target.
+A benchmark's `headline`, if it returns one (`bench/startup.py`: "start-up: ... s to plan
+a rerun of 10,000 models with nothing to do"), is printed as a line of its own.
 `--gpu` runs `bench/gpu.py` (one CUDA device; a tiny CPU fallback without one) in its
 own process, its progress on this terminal. This script imports no Ray: the GPU machine
 has none.
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ("throughput", "packing", "metric_cost", "hessian", "orchestration", "scale", "refine")
+BENCHES = ("throughput", "packing", "metric_cost", "hessian", "orchestration", "scale", "refine", "startup")
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:
@@ -83,7 +85,11 @@ def main() -> None:
     print("\n| benchmark | figure | value |\n|---|---|---|")
     for name in args.only or BENCHES:
         for key, value in flatten(results[name]):
-            print(f"| {name} | {key} | {value} |")
+            if key != "headline":
+                print(f"| {name} | {key} | {value} |")
+    for name in args.only or BENCHES:
+        if "headline" in results[name]:  # a figure the issues quote as a line of its own
+            print(f"\n{results[name]['headline']}")
     path = ROOT / "bench" / "results.json"
     if args.only and path.exists():  # a partial run updates the figures it measured
         results = {**json.loads(path.read_text()), **results}

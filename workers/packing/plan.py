@@ -91,11 +91,33 @@ def pack_id(trial_keys: list[str]) -> str:
 
 
 def signature(cfg: TrialConfig) -> str:
-    """What trials of one pack share: every training option except `PER_MEMBER`."""
-    own = {check_key(key) for key in PER_MEMBER}
-    shared = {name: {k: v for k, v in sec.to_dict().items() if (name, k) not in own}
-              for name, sec in sorted(cfg.sections.items()) if SECTIONS[name].training}
-    return hashlib.sha256(json.dumps(shared, sort_keys=True, default=list).encode()).hexdigest()[:16]
+    """What trials of one pack share: every training option except `PER_MEMBER`, as the
+    hash of `json.dumps({section: {field: value}}, sort_keys=True, default=list)`."""
+    return _signature(cfg, {})
+
+
+def _signature(cfg: TrialConfig, shared_json: dict[int, str]) -> str:
+    """`signature`, its JSON joined from each section's own (that dump of a dict of dicts
+    is its sorted items, `"name": {...}`, between braces), which `shared_json` keeps by
+    section object (`id`, while the caller holds the configs): a sweep's configs share
+    their section objects (`SweepSpec.trials`), so each is dumped once."""
+    own = _per_member_fields()
+    parts = []
+    for name in sorted(cfg.sections):
+        if not SECTIONS[name].training:
+            continue
+        sec = cfg.sections[name]
+        text = shared_json.get(id(sec))
+        if text is None:
+            shared = {k: v for k, v in sec.to_dict().items() if (name, k) not in own}
+            text = shared_json[id(sec)] = json.dumps(shared, sort_keys=True, default=list)
+        parts.append(f"{json.dumps(name)}: {text}")
+    return hashlib.sha256(("{" + ", ".join(parts) + "}").encode()).hexdigest()[:16]
+
+
+@functools.cache
+def _per_member_fields() -> frozenset[tuple[str, str]]:
+    return frozenset(check_key(key) for key in PER_MEMBER)
 
 
 def solo_reason(cfg: TrialConfig, policy: PackPolicy) -> str:
@@ -131,12 +153,13 @@ def plan_packs(configs: list[TrialConfig], policy: PackPolicy) -> list[PackPlan]
     groups: dict[str, list[TrialConfig]] = defaultdict(list)
     plans: list[tuple[int, PackPlan]] = []
     position = {c.trial_key: i for i, c in enumerate(configs)}
+    shared_json: dict[int, str] = {}  # `configs` hold their sections throughout: their ids stay unique
     for cfg in configs:
         reason = solo_reason(cfg, policy)
         if reason:
             plans.append((position[cfg.trial_key], PackPlan((cfg,), reason)))
         else:
-            groups[signature(cfg)].append(cfg)
+            groups[_signature(cfg, shared_json)].append(cfg)
     for members in groups.values():
         for pack in _fill(members, policy.max_members):
             reason = "" if len(pack) > 1 else "no other trial of its shape to pack with"
