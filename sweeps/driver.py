@@ -33,11 +33,12 @@ from sweeps.spec import SweepSpec
 from workers import live
 from workers.catalog import TrialConfig
 from workers.errors import ConfigError, StorageError, StorageFull
-from workers.lineage import resumable_packs, set_aside_stale
+from workers.lineage import checkpoint_files, resumable_packs, set_aside_stale
 from workers.packing.plan import PackPolicy, plan_packs
+from workers.records import MEASURES, PAIRS, TRIALS
 from workers.runtime import RunContext
 from workers.storage import Storage
-from workers.tables import compact_after_run, quarantine_damaged
+from workers.tables import Listings, compact_after_run, list_tables, quarantine_damaged
 
 Log = Callable[[str], None]
 # A refined sweep's further models, given those planned so far (sweeps.refine.Refiner.grow).
@@ -88,10 +89,27 @@ def code_version() -> str:
         return "unknown"
 
 
-def holdings(storage: Storage) -> Holdings:
-    """The done-records the sweep folder holds now (three listings), and the packs a
-    kill left to resume (one listing of the checkpoints)."""
-    return Holdings.listed(lambda table: storage.list_names(table, ".parquet"), resumable_packs(storage))
+def holdings(storage: Storage, listings: Listings | None = None,
+             files: dict[str, set[str]] | None = None) -> Holdings:
+    """The done-records the sweep folder holds now, and the packs a kill left to resume
+    (from the given listings, else listed now)."""
+    listings = listings or list_tables(storage, (TRIALS, MEASURES, PAIRS))
+    return Holdings.listed(listings.__getitem__, resumable_packs(storage, files))
+
+
+def settle(storage: Storage) -> tuple[list[str], Holdings]:
+    """Set aside damaged records, then stale ones (`workers.lineage`), before planning:
+    one line per record moved, and what the folder then holds. The folder is listed once
+    for every step (a 10,000-model folder holds 55,000 records), and again only after a
+    step moved something."""
+    listings, files = list_tables(storage), checkpoint_files(storage)
+    lines = quarantine_damaged(storage, listings)
+    if lines:
+        listings = list_tables(storage)
+    stale = set_aside_stale(storage, listings, files)
+    if stale:
+        listings, files = list_tables(storage), checkpoint_files(storage)
+    return lines + stale, holdings(storage, listings, files)
 
 
 def unrecorded(configs: list[TrialConfig], storage: Storage) -> int:
@@ -165,13 +183,14 @@ def run(
     say = log or print
     storage = Storage.open(spec.storage).child(spec.name)
     with sweep_lock(storage):
-        for line in (*quarantine_damaged(storage), *set_aside_stale(storage)):
+        lines, held = settle(storage)
+        for line in lines:
             say(line)
         version = code_version()
         axes = list(spec.axes())
         context = RunContext(storage=storage.uri, sweep=spec.name, code_version=version,
                              threads=max(1, int(options.cpus_per_trial)), axes=tuple(axes))
-        rounds = Rounds(configs, grow, storage, options.pack_policy(), asdict(context))
+        rounds = Rounds(configs, grow, storage, options.pack_policy(), asdict(context), held)
         first = rounds.plans[0]
         write_spec(storage, spec, version, configs)
         say(f"sweep {spec.name}: {len(rounds.planned)} models, {len(rounds.planned) - len(first.todo)} already done, "
@@ -223,13 +242,13 @@ class Rounds:
     queue runs dry, `extend`)."""
 
     def __init__(self, grid: list[TrialConfig], grow: Grow | None, storage: Storage, policy: PackPolicy,
-                 context: dict) -> None:
+                 context: dict, held: Holdings) -> None:
         self.grow, self.storage, self.context = grow, storage, context
         self.packer = functools.partial(plan_packs, policy=policy)
         self.first_models = list(grid) if grow is None else grow([])
         self.planned = list(self.first_models)  # every model planned so far
         self.most_jobs = len(grid) + len(plan_pairs(grid))  # each job trains a model or measures a pair
-        self.held = holdings(storage)
+        self.held = held  # what the folder holds at the start
         self.plans = [plan_run(self.planned, self.held, self.packer, context)]
 
     def extend(self) -> tuple[list[Job], set[str]]:

@@ -282,16 +282,12 @@ def test_a_final_checkpoint_damaged_after_the_sweep_is_noticed(world):
     assert not out.violations, out.report()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 22 seam: quarantine_damaged moves a damaged history (or curve) before its trials "
-                          "(measures, pairs) row; a kill between keeps the done-record and the history is lost for good")
 def test_a_kill_while_setting_aside_a_damaged_history_loses_nothing(world):
-    """Seeds 0 and 1, solo: the sweep finishes, model 0's history record is cut in half.
-    The rerun moves it to `_quarantine/` and dies before it moves the model's trials
-    row after it (`workers.tables.quarantine_damaged`: the record first, its owner
-    second). The trials row stays, so the model is done and no run writes its history
-    again. A damaged pair curve and its pairs row fare the same (and a measure's curve);
-    moving the done-record first would leave a state the next run repairs."""
+    """Seeds 0 and 1, solo: the sweep finishes, model 0's history record is cut in half,
+    and the rerun dies as it sets the damage aside. `quarantine_damaged` moves the
+    done-record (the trials row) first and the damaged history second, so a kill between
+    the two leaves a state the next run repairs (it once moved the history first, and a
+    kill then kept a done model without its history for good)."""
     case = Case(make_values((0, 1)), "off", (Step(None, (Damage("truncate_record", path=f"{HISTORY}/"),)),
                                              Step(Kill(1, "before", f"{TRIALS}/"))))
     out = simulate(case, *world)

@@ -40,9 +40,11 @@ from workers.records import (
     record_path,
 )
 from workers.storage import Storage
-from workers.tables import TableRead, read_table
+from workers.tables import Listings, TableRead, read_table
 
 PACK_PREFIX = "pack-"  # checkpoint folders of packs (`workers.packing.plan.pack_id`)
+# The columns lineage reads of the measures and pairs tables (rows hold a hundred).
+LINEAGE_READ = ["trial_key", "trial_key_a", "trial_key_b", WEIGHTS_ID, *PAIR_WEIGHTS_IDS]
 
 
 def _column(table: pa.Table, name: str) -> list[str]:
@@ -122,11 +124,14 @@ def forget_measures(storage: Storage, key: str) -> None:
                 storage.quarantine(record_path(table, name))
 
 
-def set_aside_stale(storage: Storage) -> list[str]:
+def set_aside_stale(storage: Storage, listings: Listings | None = None,
+                    files: dict[str, set[str]] | None = None) -> list[str]:
     """Settle the folder before a run plans (module docstring, steps 1-3); one line per
-    record set aside, naming it and why."""
-    trials = read_table(storage, TRIALS).data
-    files = checkpoint_files(storage)
+    record set aside, naming it and why. `listings` and `files`: the tables' and the
+    checkpoints' listings, if the caller has them."""
+    listings = listings or {}
+    trials = read_table(storage, TRIALS, listings.get(TRIALS), ["trial_key", "status", WEIGHTS_ID]).data
+    files = checkpoint_files(storage) if files is None else files
     lost = [key for key, status in zip(_column(trials, "trial_key"), _column(trials, "status"))
             if status == "ok" and "final.pt" not in files.get(key, ())]  # step 1
     for key in lost:
@@ -136,7 +141,8 @@ def set_aside_stale(storage: Storage) -> list[str]:
         del models[key]
     _drop_finished_resumes(storage, set(models), files)
     return [f"warning: model {key} is recorded as trained but {checkpoint_path(key, 'final')} is gone; "
-            "its records moved to _quarantine/, training it again" for key in lost] + _quarantine_stale(storage, models)
+            "its records moved to _quarantine/, training it again" for key in lost] + \
+        _quarantine_stale(storage, models, listings)
 
 
 def _drop_finished_resumes(storage: Storage, trained: set[str], files: dict[str, set[str]]) -> None:
@@ -153,13 +159,13 @@ def _drop_finished_resumes(storage: Storage, trained: set[str], files: dict[str,
             storage.delete(checkpoint_path(owner, "last"))
 
 
-def _quarantine_stale(storage: Storage, models: dict[str, str]) -> list[str]:
+def _quarantine_stale(storage: Storage, models: dict[str, str], listings: Listings) -> list[str]:
     """Step 3: every stale measure and pair, with its curves."""
-    reads = [read_table(storage, table) for table in (MEASURES, PAIRS)]
+    reads = [read_table(storage, table, listings.get(table), LINEAGE_READ) for table in (MEASURES, PAIRS)]
     stale = [(read.table, name) for read in reads for name in stale_names(read, models)]
     if not stale:
         return []
-    curves = storage.list_names(CURVES, ".parquet")
+    curves = sorted(listings[CURVES]) if CURVES in listings else storage.list_names(CURVES, ".parquet")
     lines = []
     for table, name in stale:
         storage.quarantine(record_path(table, name))

@@ -135,18 +135,21 @@ class Storage:
         """Names of finished files in `folder` (temp files skipped), without `suffix`."""
         return sorted(self.list_files(folder, suffix))
 
-    def unreadable(self, folder: str, trusted: Mapping[str, FileStamp] | None = None) -> list[str]:
+    def unreadable(self, folder: str, trusted: Mapping[str, FileStamp] | None = None,
+                   listing: Mapping[str, FileStamp] | None = None) -> list[str]:
         """Names of the Parquet files of `folder` that cannot be read whole.
 
         Our writes are atomic, so a damaged file means outside harm (a disk fault, a
         copy cut short); the caller moves it away (`workers.tables.quarantine_damaged`)
         so the next run recomputes that record. `trusted` names files known readable at
         that (size, mtime), e.g. the records a consolidated table holds, so a rerun of a
-        large sweep does not open every file.
+        large sweep does not open every file. `listing`: the folder's `list_files`, if
+        the caller has it.
         """
         trusted = trusted or {}
         damaged = []
-        for name, stamp in self.list_files(folder, ".parquet").items():
+        listing = self.list_files(folder, ".parquet") if listing is None else listing
+        for name, stamp in listing.items():
             if trusted.get(name) == stamp:
                 continue
             try:

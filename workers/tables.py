@@ -39,6 +39,7 @@ record takes a training run, so a sweep never does this).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -111,6 +112,17 @@ def _manifest(metadata: pq.FileMetaData, table: str) -> list[Record]:
     raw = (metadata.metadata or {}).get(MANIFEST_KEY)
     if raw is None:
         raise Unusable("no record manifest in its metadata")
+    records = list(_parsed_manifest(raw, table))
+    if sum(r[3] for r in records) != metadata.num_rows:
+        raise Unusable(f"holds {metadata.num_rows} rows, its manifest {sum(r[3] for r in records)}")
+    return records
+
+
+@functools.lru_cache(maxsize=len(TABLES))
+def _parsed_manifest(raw: bytes, table: str) -> tuple[Record, ...]:
+    """A manifest's records, parsed once per content: a driver's start-up opens each
+    consolidated file two or three times (damage check, lineage, planning), and a
+    10,000-model manifest takes ~20 ms to decode."""
     try:
         manifest = json.loads(raw)
         versions = (manifest["layout_version"], manifest["schema_version"], manifest["table"])
@@ -122,20 +134,22 @@ def _manifest(metadata: pq.FileMetaData, table: str) -> list[Record]:
             records = [(str(n), int(s), int(m), int(r), str(h)) for n, s, m, r, h in manifest["records"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise Unusable(f"malformed record manifest ({exc!r})") from None
-    if sum(r[3] for r in records) != metadata.num_rows:
-        raise Unusable(f"holds {metadata.num_rows} rows, its manifest {sum(r[3] for r in records)}")
-    return records
+    return tuple(records)
 
 
-def _open_consolidated(storage: Storage, table: str, with_data: bool) -> tuple[list[Record], pa.Table | None]:
-    """Manifest (and, if asked, rows) of `tables/<table>.parquet`; ([], None) if absent.
-    Raises Unusable for a file that is truncated, foreign or of another version."""
+def _open_consolidated(storage: Storage, table: str, with_data: bool,
+                       columns: list[str] | None = None) -> tuple[list[Record], pa.Table | None]:
+    """Manifest (and, if asked, rows: every column or those of `columns` it has) of
+    `tables/<table>.parquet`; ([], None) if absent. Raises Unusable for a file that is
+    truncated, foreign or of another version."""
     relpath = consolidated_path(table)
     try:
         with storage.fs.open_input_file(storage.path(relpath)) as f:
             parquet = pq.ParquetFile(f, page_checksum_verification=True)
             records = _manifest(parquet.metadata, table)
-            return records, parquet.read() if with_data else None
+            if not with_data:
+                return records, None
+            return records, parquet.read(columns=_present(columns, parquet.schema_arrow.names))
     except FileNotFoundError:
         return [], None
     except (pa.ArrowException, OSError) as exc:
@@ -175,14 +189,21 @@ def _rows_of(records: list[Record], keep: list[bool]) -> np.ndarray:
     return np.concatenate([np.arange(end - r[3], end) for r, k, end in zip(records, keep, ends) if k])
 
 
-def read_table(storage: Storage, table: str, listing: dict[str, FileStamp] | None = None) -> TableRead:
+def _present(columns: list[str] | None, names: list[str]) -> list[str] | None:
+    """The wanted columns a file has (None: all of them)."""
+    return None if columns is None else [c for c in columns if c in names]
+
+
+def read_table(storage: Storage, table: str, listing: dict[str, FileStamp] | None = None,
+               columns: list[str] | None = None) -> TableRead:
     """Every row of `table` once: the consolidated file's rows of unchanged records plus
     the record files it does not hold (one listing, unless given; no read of a
-    consolidated record)."""
+    consolidated record). `columns`: only those (that exist), e.g. lineage's few of a
+    table whose rows hold a hundred."""
     listing = storage.list_files(table, ".parquet") if listing is None else listing
     result = TableRead(table, pa.table({}), [])
     try:
-        held, consolidated = _open_consolidated(storage, table, with_data=True)
+        held, consolidated = _open_consolidated(storage, table, with_data=True, columns=columns)
     except Unusable as exc:
         held, consolidated = [], None
         result.ignored = f"{storage.path(consolidated_path(table))}: {exc}"
@@ -198,7 +219,7 @@ def read_table(storage: Storage, table: str, listing: dict[str, FileStamp] | Non
         if isinstance(read, Exception):
             result.skipped.append(record_path(table, name))
         else:
-            parts.append(read[0])
+            parts.append(read[0] if columns is None else read[0].select(_present(columns, read[0].column_names)))
             result.records.append((name, *listing[name], read[0].num_rows, read[1]))
     if not parts:
         return result
@@ -346,7 +367,16 @@ def compact_after_run(storage: Storage) -> list[str]:
         return [f"warning: tables not consolidated: {exc}"]
 
 
-def quarantine_damaged(storage: Storage) -> list[str]:
+Listings = dict[str, dict[str, FileStamp]]  # table -> its `list_files` (one listing, shared)
+
+
+def list_tables(storage: Storage, tables: tuple[str, ...] = TABLES) -> Listings:
+    """Each table's record files with their stamps, listed once for every step that needs
+    them (a driver's start-up lists them once, not once per step)."""
+    return {table: storage.list_files(table, ".parquet") for table in tables}
+
+
+def quarantine_damaged(storage: Storage, listings: Listings | None = None) -> list[str]:
     """Move every record file that cannot be read whole (checksums verified) to
     `_quarantine/`, together with the done-record of a damaged history or curve, so the
     next run recomputes them; returns one line per file moved, naming it. Records the
@@ -354,7 +384,8 @@ def quarantine_damaged(storage: Storage) -> list[str]:
     (damage that keeps both is found when compaction verifies them, or by `verify`)."""
     lines = []
     for table in (*DONE_TABLES, *LONG_TABLES):  # done-records first: a long record's owner may go with it
-        for name in storage.unreadable(table, trusted=held_records(storage, table)):
+        listing = None if listings is None else listings[table]
+        for name in storage.unreadable(table, trusted=held_records(storage, table), listing=listing):
             relpath, *owners = _quarantine_with_owner(storage, table, name)
             lines.append(f"warning: {relpath} was unreadable; moved to _quarantine/, will be recomputed")
             lines += [f"warning: {owner} moved to _quarantine/ with it, to be recomputed" for owner in owners]
