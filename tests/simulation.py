@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -50,7 +49,7 @@ from sweeps.driver import RunOptions, run
 from sweeps.spec import SweepSpec
 from workers import checkpoints
 from workers.checkpoints import weights_id
-from workers.records import CURVES, FAILURES, HISTORY, MEASURES, PAIRS, TRIALS, owning_record, record_path
+from workers.records import CURVES, FAILURES, HISTORY, MEASURES, PAIRS, TRIALS
 from workers.storage import Storage
 
 # The `tiny` trial of tests/conftest.py at width 1: two epochs with a checkpoint after
@@ -104,19 +103,21 @@ class SimulatedKill(BaseException):
 @dataclass(frozen=True)
 class Kill:
     """The `at`-th storage mutation of a run (1-based; progress files are not counted:
-    the clock decides when they are written) dies; with `path`, the `at`-th mutation of
-    a file whose path contains it (a reproduction that names its moment, e.g. "after
-    the 2nd trials row", survives changes to the order of other writes). `mode`:
+    the clock decides when they are written) dies; with `path` (and `verb`: "write",
+    "delete" or "quarantine"), the `at`-th such mutation of a file whose path contains
+    it (a reproduction that names its moment, e.g. "after the 2nd trials row written",
+    survives changes to the order of other writes). `mode`:
     "before" (nothing of it happens), "partial" (half its bytes in its temporary file,
     as a write cut short leaves it) or "after" (it completed, nothing after it did)."""
 
     at: int
     mode: str = "before"
     path: str = ""
+    verb: str = ""
 
 
-DAMAGE_KINDS = ("garble_record", "truncate_record", "delete_trials", "delete_final", "garble_checkpoint",
-                "truncate_checkpoint", "garble_table")
+DAMAGE_KINDS = ("garble_record", "truncate_record", "misname_column", "delete_trials", "delete_final",
+                "garble_checkpoint", "truncate_checkpoint", "garble_table")
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ class Damage:
     """Outside harm to one file between runs: `kind` (DAMAGE_KINDS) picks the candidate
     files (with `path`, those whose path contains it), `pick` one of them (modulo their
     number, in name order), `where` the place in it as a fraction of its length (flip 8
-    bytes there, or cut it there)."""
+    bytes there, or cut it there; `misname_column` garbles a column name in the footer
+    of a record instead)."""
 
     kind: str
     pick: int = 0
@@ -179,6 +181,11 @@ class Case:
         return {TRIALS: models, MEASURES: models * len(metrics), PAIRS: pairs}
 
 
+def trial_keys(case: Case) -> dict[Any, str]:
+    """Seed -> trial key of each model of a one-cell case: reproductions name files by key."""
+    return {cfg.train.seed: cfg.trial_key for cfg in case.spec("unused").trials()}
+
+
 def make_values(seeds: tuple[int, ...], lrs: tuple[float, ...] = (0.05,), noise: tuple[float, ...] = (0.0,),
                 width: int = 1, metrics: bool = False, pairs: bool = False,
                 order: tuple[str, ...] = ("seed", "lr", "label_noise")) -> tuple[tuple[str, Any], ...]:
@@ -213,8 +220,9 @@ class Faults:
             perform()
             return
         self.count += 1
-        self.matching += self.kill is not None and self.kill.path in relpath
-        if self.kill is None or self.kill.path not in relpath or self.matching != self.kill.at:
+        chosen = self.kill is not None and self.kill.path in relpath and self.kill.verb in ("", verb)
+        self.matching += chosen
+        if not chosen or self.matching != self.kill.at:
             perform()
             return
         self.fired = f"mutation {self.count} ({self.kill.mode}): {verb} {relpath}"
@@ -258,7 +266,7 @@ def damage_candidates(folder: Path, kind: str) -> list[Path]:
     """The files `kind` may hit, in name order (hidden temporary files are not records)."""
     records = [p for t in (TRIALS, HISTORY, MEASURES, CURVES, PAIRS) for p in (folder / t).glob("*.parquet")]
     patterns = {
-        "garble_record": records, "truncate_record": records,
+        "garble_record": records, "truncate_record": records, "misname_column": records,
         "delete_trials": list((folder / TRIALS).glob("*.parquet")),
         "delete_final": list(folder.glob("checkpoints/*/final.pt")),
         "garble_checkpoint": list(folder.glob("checkpoints/*/*")),  # a pack's members file too
@@ -280,6 +288,12 @@ def apply_damage(folder: Path, damage: Damage) -> tuple[str, str] | None:
         target.unlink()
         return relpath, f"deleted {relpath}"
     data = bytearray(target.read_bytes())
+    if damage.kind == "misname_column":  # the footer, which no page checksum covers
+        footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+        at = data.index(b"sweep", footer)  # the first column's name in the footer's schema
+        data[at + 1] = 0x90  # not a UTF-8 start byte
+        target.write_bytes(bytes(data))
+        return relpath, f"made the name of column 'sweep' in {relpath}'s footer invalid UTF-8"
     at = min(int(damage.where * len(data)), max(0, len(data) - 8))
     if damage.kind.startswith("truncate"):
         target.write_bytes(bytes(data[:at]))
@@ -319,7 +333,7 @@ def snapshot(folder: Path, with_checkpoints: bool = False) -> Snapshot:
                 continue
             try:
                 rows = pq.read_table(path, page_checksum_verification=True).to_pylist()
-            except (pa.ArrowException, OSError):
+            except Exception:  # damage shows as many kinds (an undecodable column name too)
                 unreadable.append(f"{table}/{path.name}")
                 continue
             records[table][path.name[: -len(".parquet")]] = rows
@@ -481,8 +495,12 @@ def reader_violations(folder: Path, case: Case, shot: Snapshot) -> list[str]:
     what the record files (`shot`) hold."""
     if not (folder / "spec.json").exists():
         return []  # killed before the spec was written: nothing to read yet
-    sweep = load_sweep(str(folder))
-    format_status(sweep)  # `python -m analysis status` prints without an error
+    try:
+        sweep = load_sweep(str(folder))
+        format_status(sweep)  # `python -m analysis status` prints without an error
+        _ = sweep.history, sweep.curves  # the long tables are read on first use
+    except Exception as exc:  # a reader that fails on a damaged file is a violation
+        return [f"a reader raised {type(exc).__name__}: {exc}"]
     return _shown_twice(sweep) + _shown_stale(sweep, shot.weights()) + _miscounted(sweep, case, shot)
 
 
@@ -577,17 +595,28 @@ class Reference:
     spec_id: str
 
 
-def run_spec(case: Case, folder: Path, kill: Kill | None, reverse: bool = False) -> tuple[Faults, Any]:
+@dataclass
+class Ran:
+    """One run of the driver: its faults (what died, how many mutations), its summary
+    (None if it was killed or raised) and what it raised that is not a kill ("")."""
+
+    faults: Faults
+    summary: Any = None
+    error: str = ""
+
+
+def run_spec(case: Case, folder: Path, kill: Kill | None, reverse: bool = False) -> Ran:
     """One run of the driver on `folder` (its parent is the storage), killed at `kill`,
-    the values given as in `case` or `reverse`d; returns the faults (what died, how many
-    mutations) and the summary (None if killed)."""
+    the values given as in `case` or `reverse`d. Any other exception is a result too
+    (a damaged file the driver cannot get past is a violation, not a harness crash)."""
     spec = case.spec(folder.parent, reverse)
     with Faults(kill).installed() as faults:
         try:
-            summary = run(spec, spec.trials(), RunOptions(in_process=True, pack=case.pack), log=lambda line: None)
+            return Ran(faults, run(spec, spec.trials(), RunOptions(in_process=True, pack=case.pack), log=lambda line: None))
         except SimulatedKill:
-            return faults, None
-    return faults, summary
+            return Ran(faults)
+        except Exception as exc:  # every other way a run ends is reported
+            return Ran(faults, error=f"{type(exc).__name__}: {exc}")
 
 
 def reference(case: Case, root: Path, cache: dict[Case, Reference]) -> Reference:
@@ -595,8 +624,9 @@ def reference(case: Case, root: Path, cache: dict[Case, Reference]) -> Reference
     key = case.canonical()
     if key not in cache:
         folder = root / f"reference-{len(cache)}" / NAME
-        faults, _ = run_spec(key, folder, None)
-        cache[key] = Reference(snapshot(folder, with_checkpoints=True), faults.count, _spec_id(folder))
+        ran = run_spec(key, folder, None)
+        assert ran.summary is not None and not ran.summary.failed, f"the uninterrupted run failed: {ran}"
+        cache[key] = Reference(snapshot(folder, with_checkpoints=True), ran.faults.count, _spec_id(folder))
     return cache[key]
 
 
@@ -640,24 +670,44 @@ class Outcome:
 CHECKPOINT = re.compile(r"checkpoints/\S+/(final|init)\.pt")
 
 
-# A damaged history or curve goes to `_quarantine/` before its done-record (the trials,
-# measures or pairs row, `workers.tables.quarantine_damaged`): a kill between the two
-# moves keeps the done-record, so the work counts as done and its history or curve is
-# never written again. Known and unfixed: see test_simulation.py,
-# `test_a_kill_while_setting_aside_a_damaged_history_loses_nothing`.
-ORPHANED = re.compile(r"^(history|curves)/(\S+): missing$")
+# A `final.pt` damaged in place is found only when a job reads it: a seed pair's job
+# then trains the model again, mid-run, and the records already derived from the old
+# weights (the model's other pairs, its measures) turn stale in that run, after it
+# planned; the run reports nothing failed and exits 0, and only the next run redoes
+# them. Known and unfixed: see test_simulation.py,
+# `test_a_run_that_trains_a_model_again_mid_run_does_not_report_success_with_stale_pairs`.
+AFTER_MID_RUN_RETRAINING = re.compile(r"^(run \d+ reported nothing failed|\S+: computed from weights|"
+                                      r"a rerun of the finished sweep did work|a rerun changed )")
+# A record whose footer names a column in invalid UTF-8 (no checksum covers the footer)
+# passes `read_parquet`'s checks and then raises UnicodeDecodeError where the names are
+# decoded: the driver stops at start-up on every run, and readers fail. Known and
+# unfixed: see test_simulation.py, `test_a_record_with_an_undecodable_column_name_is_set_aside`.
+UNDECODABLE = "UnicodeDecodeError"
+# A damaged `init.pt` of a model that resumes training fails its job after the model is
+# recorded (`run_trial` loads `init` with `checkpoints.load`, which raises): a failure
+# is filed, and the file is never repaired. Known and unfixed: see test_simulation.py,
+# `test_a_damaged_init_checkpoint_does_not_fail_a_resumed_model`.
+FAILURE = re.compile(r"^failures(/| filed: \[')(\w+)\.")
+# A pack's members file (written before its `last.pt`) outlives a pack that a later
+# run plans otherwise (another member to train after damage). Known and unfixed: see
+# test_simulation.py, `test_a_pack_members_file_does_not_outlive_its_pack`.
+MEMBERS_LEFT = re.compile(r"^left in checkpoints/: checkpoints/pack-\w+/members\.json$")
 
 
 def known_fault(out: Outcome, violation: str) -> str:
-    """The known, unfixed fault that explains `violation` ("" if none): it names a
-    `final.pt` or `init.pt` that damage hit in place (`CHECKPOINT`), or a long record
-    lost while a kill kept its done-record (`ORPHANED`)."""
+    """The known, unfixed fault that explains `violation` ("" if none); each constant
+    above says which."""
     if any(m.group(0) in out.harmed for m in CHECKPOINT.finditer(violation)):
         return "checkpoint damaged in place"
-    orphan = ORPHANED.match(violation)
-    owner = orphan and owning_record(orphan.group(1), orphan.group(2))
-    if owner and any(kill.endswith(f": quarantine {record_path(*owner)}") for kill in out.kills):
-        return "done-record kept without its history or curve"
+    if any(UNDECODABLE in v for v in out.violations):  # then every run stops, and the rest follows
+        return "undecodable column name"
+    if AFTER_MID_RUN_RETRAINING.match(violation) and any(p.endswith("/final.pt") for p in out.harmed):
+        return "retrained mid-run, success reported"
+    failure = FAILURE.match(violation)
+    if failure and f"checkpoints/{failure.group(2)}/init.pt" in out.harmed:
+        return "damaged init fails its job"
+    if MEMBERS_LEFT.match(violation):
+        return "members file left"
     return ""
 
 
@@ -704,13 +754,26 @@ class Checked:
 
 
 def _run_and_check(case: Case, folder: Path, kill: Kill | None, out: Outcome, reverse: bool = False) -> Checked:
-    faults, summary = run_spec(case, folder, kill, reverse)
+    ran = run_spec(case, folder, kill, reverse)
     out.runs += 1
-    if faults.fired:
-        out.kills.append(faults.fired)
-    found = reader_violations(folder, case, snapshot(folder))
+    if ran.faults.fired:
+        out.kills.append(ran.faults.fired)
+    shot = snapshot(folder)
+    found = [f"run {out.runs} raised {ran.error}"] if ran.error else []
+    found += reader_violations(folder, case, shot)
+    if ran.summary is not None and ran.summary.failed == 0:
+        found += [f"run {out.runs} reported nothing failed, but {gap}" for gap in owed(case, shot)]
     out.violations += found
-    return Checked(summary, found)
+    return Checked(ran.summary, found)
+
+
+def owed(case: Case, shot: Snapshot) -> list[str]:
+    """What the grid still lacks: a table with fewer current records than it calls for
+    (a run that reports nothing failed exits 0, and must have recorded everything)."""
+    held = {TRIALS: len(shot.records[TRIALS]), MEASURES: len(current(shot, MEASURES)),
+            PAIRS: len(current(shot, PAIRS))}
+    return [f"{table}: {held[table]} of {n} recorded and current" for table, n in case.expected().items()
+            if held[table] < n]
 
 
 def split_packs(folder: Path, ref: Reference) -> set[str]:
@@ -737,8 +800,8 @@ def _final_violations(case: Case, folder: Path, ref: Reference, shot: Snapshot) 
     problems += differences_from_reference(ref.shot, shot, same_weights_only=case.damaged)
     if _spec_id(folder) != ref.spec_id:
         problems.append(f"spec id {_spec_id(folder)} != {ref.spec_id} of the same spec given in name order")
-    _, again = run_spec(case, folder, None)
-    if again is None or again.ran or again.failed:
-        problems.append(f"a rerun of the finished sweep did work: {again}")
+    again = run_spec(case, folder, None)
+    if again.summary is None or again.summary.ran or again.summary.failed:
+        problems.append(f"a rerun of the finished sweep did work: {again.summary or again.error}")
     problems += [f"a rerun changed {p}" for p in differences_from_reference(shot, snapshot(folder), False)]
     return problems

@@ -45,6 +45,7 @@ from tests.simulation import (
     make_values,
     reference,
     simulate,
+    trial_keys,
 )
 
 SOAK = int(os.environ.get("LANDSCAPE_SOAK_EXAMPLES") or (200 if os.environ.get("LANDSCAPE_SOAK") else 0))
@@ -189,10 +190,11 @@ def test_fixed_cases_keep_every_invariant(world, name):
 
 
 # ---------------------------------------------------------------- the violations it found
-# Each case below broke an invariant when the simulation first ran (commit 17a9347) and
-# was fixed in 5a733c4; they stay as regressions, each naming its moment by path so that
-# a change in the order of other writes keeps it. A case that no longer sets up its
-# fault fails as such (`require`), so none can pass vacuously.
+# Each case below broke an invariant when the simulation found it (commits 17a9347,
+# 41c72be, 57dc221) and was fixed since (5a733c4, 6163fa8, d2577c8); they stay as
+# regressions, each naming its moment by path so that a change in the order of other
+# writes keeps it. A case that no longer sets up its fault fails as such (`require`),
+# so none can pass vacuously.
 
 
 def require(condition: object, what: str) -> None:
@@ -262,6 +264,19 @@ def test_a_model_trained_again_by_a_pair_job_says_why_it_trained_alone(world):
     assert not out.violations, out.report()
 
 
+def test_a_kill_while_setting_aside_a_damaged_history_loses_nothing(world):
+    """Seeds 0 and 1, solo: the sweep finishes, model 0's history record is cut in half,
+    and the rerun dies as it sets the damage aside. `quarantine_damaged` moves the
+    done-record (the trials row) first and the damaged history second, so a kill between
+    the two leaves a state the next run repairs (it once moved the history first, and a
+    kill then kept a done model without its history for good)."""
+    case = Case(make_values((0, 1)), "off", (Step(None, (Damage("truncate_record", path=f"{HISTORY}/"),)),
+                                             Step(Kill(1, "before", f"{TRIALS}/"))))
+    out = simulate(case, *world)
+    require(out.kills and out.damage, "the rerun died setting the damaged history aside")
+    assert not out.violations, out.report()
+
+
 # ---------------------------------------------------------------- violations found, not fixed yet
 # Each is xfail(strict) until fixed, on AssertionError only; `known_fault` in
 # tests/simulation.py tolerates it in the drawn cases meanwhile.
@@ -282,16 +297,71 @@ def test_a_final_checkpoint_damaged_after_the_sweep_is_noticed(world):
     assert not out.violations, out.report()
 
 
-def test_a_kill_while_setting_aside_a_damaged_history_loses_nothing(world):
-    """Seeds 0 and 1, solo: the sweep finishes, model 0's history record is cut in half,
-    and the rerun dies as it sets the damage aside. `quarantine_damaged` moves the
-    done-record (the trials row) first and the damaged history second, so a kill between
-    the two leaves a state the next run repairs (it once moved the history first, and a
-    kill then kept a done model without its history for good)."""
-    case = Case(make_values((0, 1)), "off", (Step(None, (Damage("truncate_record", path=f"{HISTORY}/"),)),
-                                             Step(Kill(1, "before", f"{TRIALS}/"))))
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 22 seam: a record whose footer names a column in invalid UTF-8 passes read_parquet's "
+                          "checks, so it is not set aside, and the driver raises UnicodeDecodeError at every start")
+def test_a_record_with_an_undecodable_column_name_is_set_aside(world):
+    """Seeds 0 and 1, solo: the sweep finishes, then one byte of a column's name in a
+    history record's footer (which no page checksum covers) becomes 0x90. The file
+    passes `read_parquet`, so `quarantine_damaged` keeps it; then decoding the names
+    (`ParquetFile.column_paths`) raises UnicodeDecodeError, which nothing catches: every
+    rerun stops at start-up (the sweep cannot go on until someone deletes the file), and
+    reading the long tables fails the same way. A flip anywhere in a footer's names does
+    it (the soak found it with random 8-byte flips)."""
+    case = Case(make_values((0, 1)), "off", (Step(None, (Damage("misname_column", path=f"{HISTORY}/"),)),))
     out = simulate(case, *world)
-    require(out.kills and out.damage, "the rerun died setting the damaged history aside")
+    require(out.damage, "a column name was garbled")
+    assert not out.violations, out.report()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 22 seam: a pair job that trains a model again mid-run (its final.pt failed its "
+                          "checksum) leaves that model's other pairs stale, yet the run reports nothing failed")
+def test_a_run_that_trains_a_model_again_mid_run_does_not_report_success_with_stale_pairs(world):
+    """Seeds 0, 1, 2 in one pack (--pack 3) with their three pairs. After the sweep,
+    seed 2's trials record is deleted and seed 0's `final.pt` garbled in place. The
+    rerun trains seed 2 again and measures pairs (0, 2) and (1, 2); the first finds
+    seed 0's checksum wrong and trains it again, alone: other weights. Pair (0, 1), done
+    before the run planned, now describes weights that are gone; readers leave it out
+    and `status` says 1 pair missing, but the run reports 0 failed (exit 0), and only
+    another run measures it again."""
+    case = Case(make_values((0, 1, 2), pairs=True), "3")
+    keys = trial_keys(case)
+    case = dataclasses.replace(case, steps=(Step(None, (Damage("delete_trials", path=keys[2]),
+                                                        Damage("garble_checkpoint", path=f"{keys[0]}/final.pt"))),))
+    out = simulate(case, *world)
+    require(len(out.damage) == 2, "a trials record was deleted and a final checkpoint garbled")
+    assert not out.violations, out.report()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 22 seam: a damaged init.pt of a model that resumes training fails its job after "
+                          "the model is recorded (run_trial loads init with checkpoints.load), and stays damaged")
+def test_a_damaged_init_checkpoint_does_not_fail_a_resumed_model(world):
+    """Seeds 0 and 1, solo, no metrics; the run dies right after model 0's `last.pt`,
+    and model 0's `init.pt` is garbled. The rerun resumes model 0 from `last.pt`,
+    records it, then loads `init` for its metrics with `checkpoints.load` (not
+    `load_or_quarantine`): CheckpointError, the job fails and is filed, though no metric
+    needs `init`; no run repairs the file (theta_0 follows from the seed alone)."""
+    case = Case(make_values((0, 1)), "off",
+                (Step(Kill(1, "after", "last.pt"), (Damage("garble_checkpoint", path="init.pt"),)),))
+    out = simulate(case, *world)
+    require(out.kills and out.damage, "the run was killed and an initial checkpoint garbled")
+    assert not out.violations, out.report()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 22 seam: a pack's members.json, written before its last.pt, outlives the pack when "
+                          "a later run plans its members otherwise")
+def test_a_pack_members_file_does_not_outlive_its_pack(world):
+    """Two cells of seeds 0 and 1, packs of up to 3: a pack per cell. The run dies right
+    after the second pack's `members.json` (before its first `last.pt`), and a trials
+    record of the first pack is deleted. The rerun packs the three untrained models
+    together, so the second pack never runs again and its members file stays."""
+    case = Case(make_values((0, 1), lrs=(0.05, 0.1)), "3",
+                (Step(Kill(2, "after", "members.json", "write"), (Damage("delete_trials"),)),))
+    out = simulate(case, *world)
+    require(out.kills and out.damage, "the run died after the second pack's members file")
     assert not out.violations, out.report()
 
 
