@@ -14,7 +14,10 @@ process (`--in-process`) and checks what must hold whatever happened to it:
    still equal the reference's record (a model trained again may get other weights,
    and then everything derived from it follows);
 3. always, after every run: no record is shown twice, `analysis.status` counts what the
-   record files hold, and readers show no derived record of weights that are gone.
+   record files hold, readers show no derived record of weights that are gone (and
+   none raises), and a run that reports nothing failed has recorded every model,
+   measure and pair of the grid, current. At the end a rerun does nothing: a finished
+   sweep is a fixed point, whose `checkpoints/` holds each model's init and final only.
 
 Faults have SIGKILL semantics without a second process: `Storage`'s mutations (write,
 delete, quarantine) are counted and the drawn one dies (`Kill`): nothing of it happens,
@@ -24,6 +27,10 @@ run, and every later mutation dies too, as a dead process writes nothing. The dr
 lock is released on the way out by its context manager, as the OS releases a killed
 process's lock. Damage (`Damage`) is outside harm between runs: bytes flipped or cut in
 a record, a checkpoint or a consolidated table, a `final.pt` or a trials record deleted.
+
+A violation that a known, unfixed fault explains (`known_fault`) is told apart, so
+that the drawn cases fail only on new ones; each known fault has a strict xfail
+reproduction in test_simulation.py, which fails once the fault is fixed.
 """
 
 from __future__ import annotations
@@ -646,10 +653,6 @@ class Outcome:
     split: set[str] = field(default_factory=set)  # keys of packs a kill left partly recorded (`split_packs`)
     harmed: set[str] = field(default_factory=set)  # the files damage hit in place (not deleted)
     final: Snapshot | None = None  # what the folder held at the end
-
-    @property
-    def faults(self) -> int:
-        return len(self.kills) + len(self.damage)
 
     @property
     def unexplained(self) -> list[str]:
