@@ -681,11 +681,6 @@ CHECKPOINT = re.compile(r"checkpoints/\S+/(final|init)\.pt")
 # `test_a_run_that_trains_a_model_again_mid_run_does_not_report_success_with_stale_pairs`.
 AFTER_MID_RUN_RETRAINING = re.compile(r"^(run \d+ reported nothing failed|\S+: computed from weights|"
                                       r"a rerun of the finished sweep did work|a rerun changed )")
-# A record whose footer names a column in invalid UTF-8 (no checksum covers the footer)
-# passes `read_parquet`'s checks and then raises UnicodeDecodeError where the names are
-# decoded: the driver stops at start-up on every run, and readers fail. Known and
-# unfixed: see test_simulation.py, `test_a_record_with_an_undecodable_column_name_is_set_aside`.
-UNDECODABLE = "UnicodeDecodeError"
 # A damaged `init.pt` of a model that resumes training fails its job after the model is
 # recorded (`run_trial` loads `init` with `checkpoints.load`, which raises): a failure
 # is filed, and the file is never repaired. Known and unfixed: see test_simulation.py,
@@ -702,8 +697,6 @@ def known_fault(out: Outcome, violation: str) -> str:
     above says which."""
     if any(m.group(0) in out.harmed for m in CHECKPOINT.finditer(violation)):
         return "checkpoint damaged in place"
-    if any(UNDECODABLE in v for v in out.violations):  # then every run stops, and the rest follows
-        return "undecodable column name"
     if AFTER_MID_RUN_RETRAINING.match(violation) and any(p.endswith("/final.pt") for p in out.harmed):
         return "retrained mid-run, success reported"
     failure = FAILURE.match(violation)

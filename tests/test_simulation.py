@@ -300,17 +300,12 @@ def test_a_final_checkpoint_damaged_after_the_sweep_is_noticed(world):
     assert not out.violations, out.report()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 22 seam: a record whose footer names a column in invalid UTF-8 passes read_parquet's "
-                          "checks, so it is not set aside, and the driver raises UnicodeDecodeError at every start")
 def test_a_record_with_an_undecodable_column_name_is_set_aside(world):
     """Seeds 0 and 1, solo: the sweep finishes, then one byte of a column's name in a
-    history record's footer (which no page checksum covers) becomes 0x90. The file
-    passes `read_parquet`, so `quarantine_damaged` keeps it; then decoding the names
-    (`ParquetFile.column_paths`) raises UnicodeDecodeError, which nothing catches: every
-    rerun stops at start-up (the sweep cannot go on until someone deletes the file), and
-    reading the long tables fails the same way. A flip anywhere in a footer's names does
-    it (the soak found it with random 8-byte flips)."""
+    history record's footer (which no page checksum covers) becomes 0x90. Opening the
+    file raises UnicodeDecodeError where pyarrow decodes the names; `open_parquet` turns
+    that into damage like any other, so the record is set aside and recomputed (it once
+    stopped every rerun at start-up; the soak found it with random 8-byte flips)."""
     case = Case(make_values((0, 1)), "off", (Step(None, (Damage("misname_column", path=f"{HISTORY}/"),)),))
     out = simulate(case, *world)
     require(out.damage, "a column name was garbled")

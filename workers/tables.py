@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 from workers.config import SCHEMA_VERSION
 from workers.errors import StorageError
 from workers.records import DONE_TABLES, LONG_TABLES, TABLES, owning_record, record_path
-from workers.storage import FileStamp, Storage, parquet_bytes, read_parquet
+from workers.storage import FileStamp, Storage, open_parquet, parquet_bytes, read_parquet
 
 FOLDER = "tables"  # `<sweep>/tables/<table>.parquet`
 LAYOUT_VERSION = 2  # of the consolidated file and its manifest; 2 added the content hash
@@ -145,7 +145,7 @@ def _open_consolidated(storage: Storage, table: str, with_data: bool,
     relpath = consolidated_path(table)
     try:
         with storage.fs.open_input_file(storage.path(relpath)) as f:
-            parquet = pq.ParquetFile(f, page_checksum_verification=True)
+            parquet = open_parquet(f)
             records = _manifest(parquet.metadata, table)
             if not with_data:
                 return records, None
