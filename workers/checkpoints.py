@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from workers.errors import CheckpointError
-from workers.records import CHECKPOINTS, PACK_MEMBERS, checkpoint_path
+from workers.records import checkpoint_path, pack_members_path
 from workers.storage import Storage
 
 
@@ -110,10 +110,10 @@ def remove(storage: Storage, trial_key: str, name: str) -> None:
 
 def save_pack_members(storage: Storage, pack_key: str, members: list[str]) -> None:
     """Name a pack's members (trial keys, in its order) beside its `last` checkpoint."""
-    storage.write_bytes(f"{CHECKPOINTS}/{pack_key}/{PACK_MEMBERS}", json.dumps(members).encode())
+    storage.write_bytes(pack_members_path(pack_key), json.dumps(members).encode())
 
 
 def remove_pack_resume(storage: Storage, pack_key: str) -> None:
     """A pack's `last` checkpoint and its members file: the pack is recorded."""
     remove(storage, pack_key, "last")
-    storage.delete(f"{CHECKPOINTS}/{pack_key}/{PACK_MEMBERS}")
+    storage.delete(pack_members_path(pack_key))

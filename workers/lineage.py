@@ -37,6 +37,7 @@ from workers.records import (
     WEIGHTS_ID,
     checkpoint_path,
     is_current,
+    pack_members_path,
     record_path,
 )
 from workers.storage import Storage
@@ -100,7 +101,7 @@ def resumable_packs(storage: Storage, files: dict[str, set[str]] | None = None) 
 
 def _pack_members(storage: Storage, pack: str) -> list[str]:
     try:
-        return [str(key) for key in json.loads(storage.read_bytes(f"{CHECKPOINTS}/{pack}/{PACK_MEMBERS}"))]
+        return [str(key) for key in json.loads(storage.read_bytes(pack_members_path(pack)))]
     except (OSError, ValueError, TypeError):
         return []  # unreadable: the pack cannot be resumed as it was; its members train anew
 
@@ -154,7 +155,7 @@ def _drop_finished_resumes(storage: Storage, trained: set[str], files: dict[str,
             members = _pack_members(storage, owner) if PACK_MEMBERS in names else []
             if members and set(members) <= trained:
                 storage.delete(checkpoint_path(owner, "last"))
-                storage.delete(f"{CHECKPOINTS}/{owner}/{PACK_MEMBERS}")
+                storage.delete(pack_members_path(owner))
         elif owner in trained:
             storage.delete(checkpoint_path(owner, "last"))
 

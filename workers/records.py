@@ -82,6 +82,11 @@ def checkpoint_path(owner: str, name: str) -> str:
     return f"{CHECKPOINTS}/{owner}/{name}.pt"
 
 
+def pack_members_path(pack: str) -> str:
+    """Where a pack's members file lives, beside its `last` checkpoint."""
+    return f"{CHECKPOINTS}/{pack}/{PACK_MEMBERS}"
+
+
 def record_path(table: str, name: str) -> str:
     """Where record `name` of `table` lives inside a sweep folder."""
     return f"{table}/{name}.parquet"
