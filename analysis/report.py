@@ -1,4 +1,5 @@
-"""The phase report of a sweep: diagram, metric heatmaps, and a Markdown summary.
+"""The phase report of a sweep: diagram, metric heatmaps, a Markdown summary, and a web
+page (`index.html`, `analysis.page`) in which the diagram can be explored.
 
     python -m analysis report results/taxonomy-demo --out report/
     python -m analysis report PATH --x width --y label_noise --fix batch_size=128
@@ -17,21 +18,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from analysis import plots
+from analysis.diagram import HEATMAPS, classify_view
 from analysis.load import Sweep, load_sweep
-from analysis.phases import THRESHOLD_NAMES, Thresholds, cell_metrics, classify, resolve_thresholds
-from analysis.refine import diagram_axes, refined_grid, with_inferred
+from analysis.page import write_page
+from analysis.phases import THRESHOLD_NAMES, Thresholds
+from analysis.refine import diagram_axes
 from workers.errors import ConfigError
 
-# (column of the cell table, file stem, title) of each heatmap.
-HEATMAPS = (
-    ("test_acc_mean", "test_accuracy", "test accuracy (mean over seeds)"),
-    ("train_loss_mean", "train_loss", "training loss (mean over seeds)"),
-    ("log_top_eigenvalue", "log_top_eigenvalue", "ln Hessian top eigenvalue (of the seed mean)"),
-    ("log_trace", "log_trace", "ln Hessian trace (of the seed mean)"),
-    ("mc_mean", "mode_connectivity", "mode connectivity mc (training error, points)"),
-    ("cka_softmax_mean", "cka", "CKA of softmax outputs (mean over seed pairs)"),
-    ("l2_distance_mean", "l2_distance", "L2 distance of parameters (mean over seed pairs)"),
-)
 # Columns of the per-cell table in the summary: (column, header, format).
 TABLE = (
     ("models", "models", "{:d}"), ("diverged", "diverged", "{:d}"), ("pairs", "pairs", "{:d}"),
@@ -84,7 +77,8 @@ class Report:
 
 
 def write_report(path: str, out: str, options: ReportOptions = ReportOptions()) -> Report:
-    """Write phase_diagram.png, heatmap_*.png, cells.csv and summary.md into `out`."""
+    """Write phase_diagram.png, heatmap_*.png, cells.csv, summary.md and the web page
+    index.html (`analysis.page`) into `out`."""
     sweep = load_sweep(path, options.all_specs)
     if sweep.trials.empty:
         raise ConfigError("PATH", f"{path}: no trials records found")
@@ -93,11 +87,7 @@ def write_report(path: str, out: str, options: ReportOptions = ReportOptions()) 
         raise ConfigError("--fix", f"this sweep was refined per {', '.join(unfixed)}, each value a diagram of "
                                    f"its own; give --fix {unfixed[0]}=VALUE (values: {slice_values(sweep.spec, unfixed[0])})")
     x, y = diagram_axes([a for a in sweep.axes() if a not in options.fixed], options.x, options.y)
-    cells = cell_metrics(sweep, [x, y], options.fixed)
-    thresholds = resolve_thresholds(cells, options.thresholds, options.overrides)
-    classified = classify(cells, thresholds)
-    grid = refined_grid(sweep.spec, x, y)  # a refined sweep's untrained cells: from their neighbours
-    classified = with_inferred(grid, classified, thresholds) if grid else classified.assign(inferred=False)
+    classified, thresholds = classify_view(sweep, x, y, options.fixed, options.thresholds, options.overrides)
     os.makedirs(out, exist_ok=True)
     written = {"phase_diagram": os.path.join(out, "phase_diagram.png")}
     name = sweep.spec.get("name") or os.path.basename(path.rstrip("/"))
@@ -111,6 +101,7 @@ def write_report(path: str, out: str, options: ReportOptions = ReportOptions()) 
     written["summary"] = os.path.join(out, "summary.md")
     with open(written["summary"], "w") as f:
         f.write(summary_markdown(sweep, classified, x, y, options, thresholds, written))
+    written["page"] = write_page(sweep, os.path.join(out, "index.html"), x, y, options, f"{name}: phases")
     return Report(written, classified, x, y, thresholds)
 
 
