@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ("throughput", "packing", "metric_cost", "hessian", "orchestration", "scale", "refine", "startup")
+BENCHES = ("throughput", "packing", "metric_cost", "hessian", "orchestration", "scale", "refine", "startup",
+           "report_page")
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:

@@ -153,7 +153,7 @@ def test_a_real_sweeps_page_loads_opens_a_cells_curves_and_reclassifies_live(bro
         (n) => [n, (document.getElementById('plot-' + n).data || []).map((t) => t.name)]));""")
     assert traces["history"] == ["seed 0 loss", "seed 0 acc", "seed 1 loss", "seed 1 acc"]
     assert sorted(traces["interpolation"]) == ["seed 0 test", "seed 0 train", "seed 1 test", "seed 1 train"]
-    assert {"stem train", "stages.0 test", "head train"} <= set(traces["stages"])
+    assert {"stem train", "stages.0 test", "head train"} <= set(traces["stages"])  # both seeds in each
     assert traces["bezier"] == ["seeds 0-1 test", "seeds 0-1 train"]
     rows = browser.execute_script("return document.querySelectorAll('#models-table tr').length")
     assert rows == 3  # a header and the two seeds, with their Hessian figures

@@ -332,7 +332,7 @@ function openCell(i) {
     ` (${models.length} models, ${pairs.length} seed pairs)`;
   document.getElementById("panel-note").textContent = c.inferred[i] ? `not trained: ${c.note[i]}` :
     `training histories of more than ${DATA.history_points} epochs are drawn at ${DATA.history_points} evenly spaced epochs`;
-  const history = [], full = [], stages = [], bezier = [];
+  const history = [], full = [], stages = new Map(), bezier = [];
   const stageNames = [];
   for (const k of models) {
     const b = block(M.blob[k]), name = seedName(k);
@@ -345,12 +345,18 @@ function openCell(i) {
     for (const [kind, group, split, t, loss] of b.i[k] || []) {
       const dash = split === "train" ? "solid" : "dash";
       if (kind === "interp_full") full.push({x: t, y: loss, name: `${name} ${split}`, mode: "lines", line: {dash}});
-      else {
-        const label = kind === "interp_group" ? group : `${group} (others at init)`;
+      else {  // one trace per stage and split, the models' lines joined by gaps: a pooled cell has dozens
+        const label = kind === "interp_group" ? group : `${group} (others at init)`, key = `${label} ${split}`;
         if (!stageNames.includes(label)) stageNames.push(label);
-        const color = STAGE_COLORS[stageNames.indexOf(label) % STAGE_COLORS.length];
-        stages.push({x: t, y: loss, name: `${label} ${split}`, legendgroup: label, mode: "lines", opacity: 0.8,
-                     line: {dash, color, width: 1.2}, hovertemplate: `${name} ${label} ${split}: %{y}<extra></extra>`});
+        if (!stages.has(key)) {
+          stages.set(key, {x: [], y: [], text: [], name: key, legendgroup: label, mode: "lines", opacity: 0.8,
+                           line: {dash, color: STAGE_COLORS[stageNames.indexOf(label) % STAGE_COLORS.length], width: 1.2},
+                           hovertemplate: `%{text} ${key}: %{y}<extra></extra>`});
+        }
+        const trace = stages.get(key);
+        trace.x.push(...t, null);
+        trace.y.push(...loss, null);
+        trace.text.push(...t.map(() => name), "");
       }
     }
   }
@@ -365,7 +371,7 @@ function openCell(i) {
        yaxis2: {title: {text: "train acc"}, overlaying: "y", side: "right", range: [0, 1]}});
   plot("plot-interpolation", full, {title: {text: "interpolation θ0 → θT, full path (solid train, dashed test)"},
        xaxis: {title: {text: "α"}}, yaxis: {title: {text: "loss"}}});
-  plot("plot-stages", stages, {title: {text: "interpolation per stage (solid train, dashed test)"},
+  plot("plot-stages", [...stages.values()], {title: {text: "interpolation per stage (solid train, dashed test)"},
        xaxis: {title: {text: "α"}}, yaxis: {title: {text: "loss"}}});
   plot("plot-bezier", bezier, {title: {text: "Bezier curves of seed pairs (error along the curve)"},
        xaxis: {title: {text: "t"}}, yaxis: {title: {text: "error (%)"}}});
