@@ -76,10 +76,13 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """The scrub: every record the consolidated tables hold read back and compared with
-    the hash compaction took; exit 1 when something was damaged (and set aside)."""
+    the hash compaction took, and every model's checkpoints with their checksums; exit 1
+    when something was damaged (and set aside, to be recomputed by the next run)."""
+    from workers.lineage import verify_checkpoints
     from workers.tables import verify
 
-    lines = verify(_sweep_storage(args.path))
+    storage = _sweep_storage(args.path)
+    lines = verify(storage) + verify_checkpoints(storage)
     for line in lines:
         print(line)
     return 1 if any("moved to _quarantine/" in line for line in lines) else 0
@@ -170,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "(readers take it plus the records it lacks)")
     compact.add_argument("path", help="sweep folder or URI")
     compact.set_defaults(run=cmd_compact)
-    scrub = commands.add_parser("verify", help="read back every consolidated record and compare it with the hash "
-                                "compaction took (bit rot); damaged ones go to _quarantine/ (exit 1)")
+    scrub = commands.add_parser("verify", help="read back every consolidated record and every checkpoint and "
+                                "compare each with its hash (bit rot); damaged ones go to _quarantine/ (exit 1)")
     scrub.add_argument("path", help="sweep folder or URI")
     scrub.set_defaults(run=cmd_verify)
     report = commands.add_parser("report", help="phase diagram, metric heatmaps and a Markdown summary")

@@ -97,12 +97,13 @@ def write_records(spec) -> int:
         data = to_table(rows)
         jobs += [(table, name, data.slice(i * per_record, per_record)) for i, name in enumerate(names)]
     with ThreadPoolExecutor(4) as pool:  # Parquet encoding releases the GIL
-        list(pool.map(lambda job: storage.write_table(*job), jobs))
-        # Each model's checkpoints, as a sweep leaves them: the driver lists them at start-up
-        # (a model recorded `ok` without its `final.pt` is trained again); nothing loads
-        # them here, so a few placeholder bytes stand in for the weights.
+        # Each model's checkpoints first, as a sweep leaves them: the driver lists them at
+        # start-up (a model recorded `ok` without them is trained again, and one written
+        # after its record is read); nothing loads them here, so a few placeholder bytes
+        # stand in for the weights.
         list(pool.map(lambda path: storage.write_bytes(path, b"bench"),
                       [checkpoint_path(c.trial_key, name) for c in configs for name in ("init", "final")]))
+        list(pool.map(lambda job: storage.write_table(*job), jobs))
     return len(jobs)
 
 

@@ -4,8 +4,8 @@
     python bench/startup.py --rebuild      # build it again
 
 A complete synthetic sweep of 10,000 models (`bench.consolidated`: real configs, every
-record a sweep writes, nothing trained; here also an empty `final.pt` per model, whose
-presence a rerun checks) is rerun with `sweeps.driver.run` in process,
+record a sweep writes, nothing trained, and placeholder checkpoints, whose presence a
+rerun checks) is rerun with `sweeps.driver.run` in process,
 twice: the first rerun compacts the records into the consolidated tables (on a freshly
 built folder), the second is timed from before `spec.trials()` to the driver's first
 log line, its plan. The folder takes minutes to write (55,000 record files), so it is
@@ -35,7 +35,7 @@ MODELS = 10_000
 LIMIT_S = 1.0  # issue 22: planning a rerun of 10,000 models with nothing to do
 DEFAULT_FOLDER = Path(os.path.expanduser("~/.cache/landscape-sweeps/bench/startup"))
 MARKER = "bench-startup.json"  # in the sweep folder once it is complete and compacted
-LAYOUT = 2  # in MARKER: 2 has every model's final.pt, which a rerun checks (workers.lineage)
+LAYOUT = 3  # in MARKER: 3 has every model's checkpoints written before its records (workers.lineage)
 HEADLINE = "start-up: {:.2f} s to plan a rerun of {:,} models with nothing to do"
 
 
@@ -82,27 +82,12 @@ def sweep_folder(folder: Path, rebuild: bool, models: int = MODELS) -> tuple[Any
         shutil.rmtree(sweep)
     print(f"writing {models:,} models' records to {sweep} (minutes at 10,000) ...", flush=True)
     start = time.perf_counter()
-    files = write_records(spec) + write_final_checkpoints(spec)
+    files = write_records(spec)
     seconds = time.perf_counter() - start
     first_s, _ = rerun(spec)  # its end-of-run compaction writes the consolidated tables
     (sweep / MARKER).write_text(json.dumps({"layout": LAYOUT, "models": models, "files": files,
                                             "built_s": round(seconds)}))
     return spec, f"built in {seconds:.0f} s", first_s
-
-
-def write_final_checkpoints(spec) -> int:
-    """An empty `final.pt` per model: a rerun trains again a model recorded as trained
-    whose final checkpoint is gone (`workers.lineage`), and it only lists them."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from workers.records import checkpoint_path
-    from workers.storage import Storage
-
-    storage = Storage.open(spec.storage).child(spec.name)
-    keys = [c.trial_key for c in spec.trials()]
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda key: storage.write_bytes(checkpoint_path(key, "final"), b""), keys))
-    return len(keys)
 
 
 def breakdown(spec) -> dict[str, float]:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from analysis.lens import spec_path
 from sweeps.execute import InProcess, WithTune, init_ray
@@ -33,11 +34,11 @@ from sweeps.spec import SweepSpec
 from workers import live
 from workers.catalog import TrialConfig
 from workers.errors import ConfigError, StorageError, StorageFull
-from workers.lineage import checkpoint_files, resumable_packs, set_aside_stale
+from workers.lineage import CheckpointFiles, checkpoint_files, resumable_packs, set_aside_stale
 from workers.packing.plan import PackPolicy, plan_packs
 from workers.records import MEASURES, PAIRS, TRIALS
 from workers.runtime import RunContext
-from workers.storage import Storage
+from workers.storage import FileStamp, Storage
 from workers.tables import Listings, compact_after_run, list_tables, quarantine_damaged
 
 Log = Callable[[str], None]
@@ -89,19 +90,23 @@ def code_version() -> str:
         return "unknown"
 
 
-def holdings(storage: Storage, listings: Listings | None = None,
-             files: dict[str, set[str]] | None = None) -> Holdings:
+def holdings(storage: Storage, listings: Listings | None = None, files: CheckpointFiles | None = None) -> Holdings:
     """The done-records the sweep folder holds now, and the packs a kill left to resume
     (from the given listings, else listed now)."""
     listings = listings or list_tables(storage, (TRIALS, MEASURES, PAIRS))
     return Holdings.listed(listings.__getitem__, resumable_packs(storage, files))
 
 
-def settle(storage: Storage) -> tuple[list[str], Holdings]:
-    """Set aside damaged records, then stale ones (`workers.lineage`), before planning:
-    one line per record moved, and what the folder then holds. The folder is listed once
-    for every step (a 10,000-model folder holds 55,000 records), and again only after a
-    step moved something."""
+class Settled(NamedTuple):
+    lines: list[str]  # one per record moved, naming it and why
+    held: Holdings  # what the folder then holds
+    trials: dict[str, FileStamp]  # the trials records then, with their stamps
+
+
+def settle(storage: Storage) -> Settled:
+    """Set aside damaged records, then stale ones (`workers.lineage`), before planning.
+    The folder is listed once for every step (a 10,000-model folder holds 55,000
+    records), and again only after a step moved something."""
     listings, files = list_tables(storage), checkpoint_files(storage)
     lines = quarantine_damaged(storage, listings)
     if lines:
@@ -109,7 +114,29 @@ def settle(storage: Storage) -> tuple[list[str], Holdings]:
     stale = set_aside_stale(storage, listings, files)
     if stale:
         listings, files = list_tables(storage), checkpoint_files(storage)
-    return lines + stale, holdings(storage, listings, files)
+    return Settled(lines + stale, holdings(storage, listings, files), listings[TRIALS])
+
+
+def settle_again(storage: Storage, before: Settled, rounds: Rounds, say: Log) -> Plan | None:
+    """After the jobs, the plan of what they left stale, if any. A job that finds a
+    model's final weights damaged (bit rot that start-up cannot see) trains it again,
+    with other weights: the records derived earlier from the old ones (the model's
+    other pairs) are then stale, and a run must not report success with them. Only a
+    trials record that changed during the run (a listing's stamps) calls for this."""
+    now = storage.list_files(TRIALS, ".parquet")
+    if all(now.get(key) == stamp for key, stamp in before.trials.items()):
+        return None
+    settled = settle(storage)
+    for line in settled.lines:
+        say(line)
+    plan = plan_run(rounds.planned, settled.held, rounds.packer, rounds.context)
+    if not plan.jobs:
+        return None
+    owed = [f"{n} {what}" for n, what in ((len(plan.todo), "models"), (len(plan.pairs), "seed pairs")) if n]
+    say(f"{' and '.join(owed)} to run again: models trained again during this run left them stale")
+    rounds.held = settled.held
+    rounds.plans.append(plan)
+    return plan
 
 
 def unrecorded(configs: list[TrialConfig], storage: Storage) -> int:
@@ -117,6 +144,8 @@ def unrecorded(configs: list[TrialConfig], storage: Storage) -> int:
     held = Holdings.listed(lambda table: storage.list_names(table, ".parquet"))
     return len(pending_trials(configs, held)) + len(pending_pairs(configs, held))
 
+
+REPAIRS = 2  # passes of `settle_again` after the jobs: each runs what the previous left stale
 
 PROBE_BYTES = 64 * 1024  # an empty file still fits on a full disk; a record or a checkpoint does not
 
@@ -183,14 +212,14 @@ def run(
     say = log or print
     storage = Storage.open(spec.storage).child(spec.name)
     with sweep_lock(storage):
-        lines, held = settle(storage)
-        for line in lines:
+        settled = settle(storage)
+        for line in settled.lines:
             say(line)
         version = code_version()
         axes = list(spec.axes())
         context = RunContext(storage=storage.uri, sweep=spec.name, code_version=version,
                              threads=max(1, int(options.cpus_per_trial)), axes=tuple(axes))
-        rounds = Rounds(configs, grow, storage, options.pack_policy(), asdict(context), held)
+        rounds = Rounds(configs, grow, storage, options.pack_policy(), asdict(context), settled.held)
         first = rounds.plans[0]
         write_spec(storage, spec, version, configs)
         say(f"sweep {spec.name}: {len(rounds.planned)} models, {len(rounds.planned) - len(first.todo)} already done, "
@@ -198,6 +227,11 @@ def run(
             f"{len(first.pairs)} seed pairs to measure -> {storage.uri}")
         if first.jobs:
             _execute(first, rounds, options, context, storage, axes, log)
+            for attempt in range(1, REPAIRS + 1):
+                repair = settle_again(storage, settled, rounds, say)
+                if repair is None:
+                    break
+                _execute(repair, rounds, options, context, storage, axes, log, repair=attempt)
         failed = unrecorded(rounds.planned, storage)
         check_still_writable(storage, rounds.planned)
         for line in compact_after_run(storage):  # one file per table for readers (workers.tables)
@@ -207,10 +241,11 @@ def run(
                       failed, time.perf_counter() - start)
 
 
-def _execute(first: Plan, rounds: Rounds, options: RunOptions, context: RunContext, storage: Storage,
-             axes: list[str], log: Log | None) -> None:
-    """Run the plan (and a refined sweep's further rounds) with the executor `options`
-    ask for; on Ctrl-C or SIGTERM, stop the trials and raise `Interrupted`."""
+def _execute(plan: Plan, rounds: Rounds, options: RunOptions, context: RunContext, storage: Storage,
+             axes: list[str], log: Log | None, repair: int = 0) -> None:
+    """Run the plan (and a refined sweep's further rounds, but not in a `repair` pass,
+    `settle_again`) with the executor `options` ask for; on Ctrl-C or SIGTERM, stop the
+    trials and raise `Interrupted`."""
     if options.in_process:
         executor: InProcess | WithTune = InProcess(options, axes, log)
     else:
@@ -220,13 +255,15 @@ def _execute(first: Plan, rounds: Rounds, options: RunOptions, context: RunConte
         if options.address not in LOCAL_ADDRESSES:  # this machine was checked before the start
             wait_for_capacity(options.request(), options.wait_for_resources_s)
         tune_dir = storage.path("_tune") if storage.is_local else os.path.expanduser("~/ray_results")
-        executor = WithTune(options, axes, log, tune_dir, context.sweep,
+        name = context.sweep + (f"-repair{repair}" if repair else "")  # its own Tune experiment
+        executor = WithTune(options, axes, log, tune_dir, name,
                             logger_callbacks(options.loggers, context.sweep, axes, tune_dir))
     live.start_run(storage, time.time())  # for `analysis status --watch`
     try:
         with stop_on_signals() as caught:
-            executor.run(list(first.jobs), set(rounds.held.trained), rounds.extend if rounds.grow else None,
-                         rounds.most_jobs if rounds.grow else 0)
+            grows = rounds.grow is not None and not repair
+            executor.run(list(plan.jobs), set(rounds.held.trained), rounds.extend if grows else None,
+                         rounds.most_jobs if grows else 0)
     except KeyboardInterrupt:
         stop_trials()  # before the lock is released: no worker writes after it
         left = unrecorded(rounds.planned, storage)

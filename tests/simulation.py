@@ -28,9 +28,7 @@ lock is released on the way out by its context manager, as the OS releases a kil
 process's lock. Damage (`Damage`) is outside harm between runs: bytes flipped or cut in
 a record, a checkpoint or a consolidated table, a `final.pt` or a trials record deleted.
 
-A violation that a known, unfixed fault explains (`known_fault`) is told apart, so
-that the drawn cases fail only on new ones; each known fault has a strict xfail
-reproduction in test_simulation.py, which fails once the fault is fixed.
+Every seam it found is fixed and kept as a reproduction in test_simulation.py.
 """
 
 from __future__ import annotations
@@ -39,7 +37,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -56,6 +53,7 @@ from sweeps.driver import RunOptions, run
 from sweeps.spec import SweepSpec
 from workers import checkpoints
 from workers.checkpoints import weights_id
+from workers.lineage import verify_checkpoints
 from workers.records import CURVES, FAILURES, HISTORY, MEASURES, PAIRS, TRIALS
 from workers.storage import Storage
 
@@ -124,7 +122,7 @@ class Kill:
 
 
 DAMAGE_KINDS = ("garble_record", "truncate_record", "misname_column", "delete_trials", "delete_final",
-                "garble_checkpoint", "truncate_checkpoint", "garble_table")
+                "garble_checkpoint", "truncate_checkpoint", "rot_checkpoint", "garble_table")
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,8 @@ class Damage:
     files (with `path`, those whose path contains it), `pick` one of them (modulo their
     number, in name order), `where` the place in it as a fraction of its length (flip 8
     bytes there, or cut it there; `misname_column` garbles a column name in the footer
-    of a record instead)."""
+    of a record instead; `rot_checkpoint` flips bytes of a checkpoint and keeps its
+    mtime, as bit rot does, which only a read finds: the case ends with the scrub)."""
 
     kind: str
     pick: int = 0
@@ -278,6 +277,7 @@ def damage_candidates(folder: Path, kind: str) -> list[Path]:
         "delete_final": list(folder.glob("checkpoints/*/final.pt")),
         "garble_checkpoint": list(folder.glob("checkpoints/*/*")),  # a pack's members file too
         "truncate_checkpoint": list(folder.glob("checkpoints/*/*")),
+        "rot_checkpoint": list(folder.glob("checkpoints/*/*.pt")),
         "garble_table": list(folder.glob("tables/*.parquet")),
     }
     return sorted(p for p in patterns[kind] if not p.name.startswith("."))
@@ -307,7 +307,11 @@ def apply_damage(folder: Path, damage: Damage) -> tuple[str, str] | None:
         return relpath, f"cut {relpath} to {at} of {len(data)} bytes"
     for i in range(at, min(at + 8, len(data))):
         data[i] ^= 0xFF
+    stamp = target.stat()
     target.write_bytes(bytes(data))
+    if damage.kind == "rot_checkpoint":  # bit rot: the size and mtime stay
+        os.utime(target, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        return relpath, f"flipped 8 bytes of {relpath} at {at} of {len(data)}, its mtime kept"
     return relpath, f"flipped 8 bytes of {relpath} at {at} of {len(data)}"
 
 
@@ -651,60 +655,12 @@ class Outcome:
     runs: int = 0
     violations: list[str] = field(default_factory=list)
     split: set[str] = field(default_factory=set)  # keys of packs a kill left partly recorded (`split_packs`)
-    harmed: set[str] = field(default_factory=set)  # the files damage hit in place (not deleted)
     final: Snapshot | None = None  # what the folder held at the end
-
-    @property
-    def unexplained(self) -> list[str]:
-        """The violations that no known, unfixed fault (`known_fault`) explains."""
-        return [v for v in self.violations if not known_fault(self, v)]
 
     def report(self) -> str:
         lines = [f"case: {self.case!r}", f"runs: {self.runs}", *(f"kill: {k}" for k in self.kills),
                  *(f"damage: {d}" for d in self.damage), *(f"VIOLATION: {v}" for v in self.violations)]
         return "\n".join(lines)
-
-
-# A checkpoint damaged in place (bytes flipped or cut, the file still there) once its
-# model is recorded is never read again, so never found: the rerun lists checkpoints
-# (a deleted `final.pt` is noticed) but reads none, and the trials row keeps naming
-# weights that fail their checksum. Known and unfixed: see test_simulation.py,
-# `test_a_final_checkpoint_damaged_after_the_sweep_is_noticed`.
-CHECKPOINT = re.compile(r"checkpoints/\S+/(final|init)\.pt")
-
-
-# A `final.pt` damaged in place is found only when a job reads it: a seed pair's job
-# then trains the model again, mid-run, and the records already derived from the old
-# weights (the model's other pairs, its measures) turn stale in that run, after it
-# planned; the run reports nothing failed and exits 0, and only the next run redoes
-# them. Known and unfixed: see test_simulation.py,
-# `test_a_run_that_trains_a_model_again_mid_run_does_not_report_success_with_stale_pairs`.
-AFTER_MID_RUN_RETRAINING = re.compile(r"^(run \d+ reported nothing failed|\S+: computed from weights|"
-                                      r"a rerun of the finished sweep did work|a rerun changed )")
-# A damaged `init.pt` of a model that resumes training fails its job after the model is
-# recorded (`run_trial` loads `init` with `checkpoints.load`, which raises): a failure
-# is filed, and the file is never repaired. Known and unfixed: see test_simulation.py,
-# `test_a_damaged_init_checkpoint_does_not_fail_a_resumed_model`.
-FAILURE = re.compile(r"^failures(/| filed: \[')(\w+)\.")
-# A pack's members file (written before its `last.pt`) outlives a pack that a later
-# run plans otherwise (another member to train after damage). Known and unfixed: see
-# test_simulation.py, `test_a_pack_members_file_does_not_outlive_its_pack`.
-MEMBERS_LEFT = re.compile(r"^left in checkpoints/: checkpoints/pack-\w+/members\.json$")
-
-
-def known_fault(out: Outcome, violation: str) -> str:
-    """The known, unfixed fault that explains `violation` ("" if none); each constant
-    above says which."""
-    if any(m.group(0) in out.harmed for m in CHECKPOINT.finditer(violation)):
-        return "checkpoint damaged in place"
-    if AFTER_MID_RUN_RETRAINING.match(violation) and any(p.endswith("/final.pt") for p in out.harmed):
-        return "retrained mid-run, success reported"
-    failure = FAILURE.match(violation)
-    if failure and f"checkpoints/{failure.group(2)}/init.pt" in out.harmed:
-        return "damaged init fails its job"
-    if MEMBERS_LEFT.match(violation):
-        return "members file left"
-    return ""
 
 
 MAX_CLEAN_RUNS = 3  # reruns without faults allowed to finish a case
@@ -724,17 +680,21 @@ def simulate(case: Case, root: Path, cache: dict[Case, Reference]) -> Outcome:
             done = apply_damage(folder, harm)
             if done:
                 out.damage.append(done[1])
-                if not harm.kind.startswith("delete"):
-                    out.harmed.add(done[0])
         out.violations += [f"after damage: {v}" for v in reader_violations(folder, case, snapshot(folder))]
-    for _ in range(MAX_CLEAN_RUNS):
-        if _run_and_check(case, folder, None, out).failed == 0:
-            break
-    else:
-        out.violations.append(f"not done after {MAX_CLEAN_RUNS} clean reruns")
+    _rerun_until_done(case, folder, out)
+    if any(harm.kind == "rot_checkpoint" for step in case.steps for harm in step.damage):
+        verify_checkpoints(Storage.open(str(folder)))  # the scrub finds what no run read
+        _rerun_until_done(case, folder, out)
     out.final = snapshot(folder, with_checkpoints=True)
     out.violations += _final_violations(case, folder, ref, out.final)
     return out
+
+
+def _rerun_until_done(case: Case, folder: Path, out: Outcome) -> None:
+    for _ in range(MAX_CLEAN_RUNS):
+        if _run_and_check(case, folder, None, out).failed == 0:
+            return
+    out.violations.append(f"not done after {MAX_CLEAN_RUNS} clean reruns")
 
 
 @dataclass

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Each module of workers/ and its layer; a module may import its own layer or lower ones.
 LAYERS: dict[int, tuple[str, ...]] = {
-    0: ("workers", "workers.errors", "workers.registry", "workers.safe_pickle", "workers.storage"),
+    0: ("workers", "workers.errors", "workers.registry", "workers.safe_pickle", "workers.seal", "workers.storage"),
     1: ("workers.config",),
     2: ("workers.data", "workers.models", "workers.records", "workers.tables", "workers.lineage", "workers.checkpoints",
         "workers.augment", "workers.fast_path", "workers.mc", "workers.live"),

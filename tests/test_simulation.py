@@ -10,9 +10,7 @@ the README's Reliability table:
 
 (`LANDSCAPE_SOAK=1` means 200; `LANDSCAPE_SOAK_SECONDS=900` stops drawing after 15
 minutes.) Every case that breaks an invariant is printed in full: its `Case(...)` is a
-deterministic reproduction. Violations that a known, unfixed fault explains
-(`tests.simulation.known_fault`) are counted apart and tolerated; each such fault is
-reproduced by a strict xfail below, which fails once it is fixed.
+deterministic reproduction; each seam it found is kept below as one, fixed.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ from tests.simulation import (
     Snapshot,
     Step,
     differences_from_reference,
-    known_fault,
     make_values,
     reference,
     simulate,
@@ -110,22 +107,18 @@ class Tally:
     cases: int = 0
     kills: int = 0
     damage: int = 0
-    known: dict[str, int] = field(default_factory=dict)  # known fault -> cases showing it
-    broken: list[Outcome] = field(default_factory=list)  # cases with an unexplained violation
+    broken: list[Outcome] = field(default_factory=list)  # cases with a violation
 
     def add(self, out: Outcome) -> None:
         self.cases += 1
         self.kills, self.damage = self.kills + len(out.kills), self.damage + len(out.damage)
-        if out.unexplained:
+        if out.violations:
             self.broken.append(out)
-        for fault in {known_fault(out, v) for v in out.violations} - {""}:
-            self.known[fault] = self.known.get(fault, 0) + 1
 
     def line(self) -> str:
-        known = ", ".join(f"{fault} in {n}" for fault, n in sorted(self.known.items())) or "none"
         return (f"simulation: {self.cases} cases explored, {self.kills + self.damage} faults injected "
-                f"({self.kills} kills, {self.damage} damage), {sum(len(o.unexplained) for o in self.broken)} "
-                f"violations (in {len(self.broken)} cases); cases showing a known unfixed fault: {known}")
+                f"({self.kills} kills, {self.damage} damage), {sum(len(o.violations) for o in self.broken)} "
+                f"violations (in {len(self.broken)} cases)")
 
 
 def test_drawn_cases_keep_every_invariant(world, capsys):
@@ -147,8 +140,8 @@ def test_drawn_cases_keep_every_invariant(world, capsys):
         if SOAK:  # one line per case: what was done to it and what it broke
             with capsys.disabled():
                 print(f"case {tally.cases}: {len(out.kills)} kills, {len(out.damage)} damage, {out.runs} runs, "
-                      f"{len(out.violations)} violations ({len(out.unexplained)} unexplained)", flush=True)
-        if out.unexplained:
+                      f"{len(out.violations)} violations", flush=True)
+        if out.violations:
             with capsys.disabled():
                 print(f"\n{out.report()}")
             assert SOAK, out.report()  # a soak goes on and counts; the default run stops here
@@ -186,7 +179,7 @@ FIXED = {
 def test_fixed_cases_keep_every_invariant(world, name):
     out = simulate(FIXED[name], *world)
     assert out.kills and (out.damage or not FIXED[name].damaged), "the faults were injected"
-    assert not out.unexplained, out.report()
+    assert not out.violations, out.report()
     if name == "pack-killed-mid-training":  # every member resumed from the pack's epoch 1
         resumed = [rows[0]["resumed_from_epoch"] for rows in out.final.records[TRIALS].values()]
         assert resumed == [1, 1, 1], out.report()
@@ -280,20 +273,18 @@ def test_a_kill_while_setting_aside_a_damaged_history_loses_nothing(world):
     assert not out.violations, out.report()
 
 
-# ---------------------------------------------------------------- violations found, not fixed yet
-# Each is xfail(strict) until fixed, on AssertionError only; `known_fault` in
-# tests/simulation.py tolerates it in the drawn cases meanwhile.
+# ---------------------------------------------------------------- seams the simulation found
+# Each failed before its fix (issue 22); the drawn cases and the soak run into them too.
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 22 seam: a final.pt or init.pt damaged in place after its model was recorded is "
-                          "never read again, so never found; the trials row names weights that fail their checksum")
-def test_a_final_checkpoint_damaged_after_the_sweep_is_noticed(world):
+def test_a_final_checkpoint_rewritten_after_the_sweep_is_noticed(world):
     """Seeds 0 and 1, solo: the sweep finishes, then 8 bytes in the middle of one
-    model's `final.pt` are flipped (the file stays, its checksum fails). The rerun lists
-    the checkpoints, finds every file there and does nothing: the model's records name
-    weights no file holds, as when the file was deleted. (`init.pt` likewise, which a
-    metric added later, such as interpolation, would then fail on.)"""
+    model's `final.pt` are flipped (the file stays, its checksum fails). The rerun once
+    listed the checkpoints, found every file there and did nothing: the model's records
+    named weights no file held. Now a checkpoint written after its model's record is
+    read at start-up, found damaged and set aside with the model's records, and the
+    model is trained again (solo, on one code path: the same weights, so its measures
+    stay current)."""
     case = Case(make_values((0, 1)), "off", (Step(None, (Damage("garble_checkpoint", path="final.pt"),)),))
     out = simulate(case, *world)
     require(out.damage, "the checkpoint was garbled")
@@ -312,35 +303,28 @@ def test_a_record_with_an_undecodable_column_name_is_set_aside(world):
     assert not out.violations, out.report()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 22 seam: a pair job that trains a model again mid-run (its final.pt failed its "
-                          "checksum) leaves that model's other pairs stale, yet the run reports nothing failed")
-def test_a_run_that_trains_a_model_again_mid_run_does_not_report_success_with_stale_pairs(world):
+def test_a_run_that_trains_a_model_again_mid_run_measures_what_that_left_stale(world):
     """Seeds 0, 1, 2 in one pack (--pack 3) with their three pairs. After the sweep,
-    seed 2's trials record is deleted and seed 0's `final.pt` garbled in place. The
-    rerun trains seed 2 again and measures pairs (0, 2) and (1, 2); the first finds
-    seed 0's checksum wrong and trains it again, alone: other weights. Pair (0, 1), done
-    before the run planned, now describes weights that are gone; readers leave it out
-    and `status` says 1 pair missing, but the run reports 0 failed (exit 0), and only
-    another run measures it again."""
+    seed 2's trials record is deleted and seed 0's `final.pt` rots (bytes flipped, mtime
+    kept: start-up cannot see it). The rerun trains seed 2 again and measures pairs
+    (0, 2) and (1, 2); the first finds seed 0's checksum wrong and trains it again,
+    alone: other weights. Pair (0, 1), measured before the run, then describes weights
+    that are gone; the run once reported 0 failed (exit 0) with it missing. Now the
+    driver settles again after the jobs and measures it in a second pass."""
     case = Case(make_values((0, 1, 2), pairs=True), "3")
     keys = trial_keys(case)
     case = dataclasses.replace(case, steps=(Step(None, (Damage("delete_trials", path=keys[2]),
-                                                        Damage("garble_checkpoint", path=f"{keys[0]}/final.pt"))),))
+                                                        Damage("rot_checkpoint", path=f"{keys[0]}/final.pt"))),))
     out = simulate(case, *world)
-    require(len(out.damage) == 2, "a trials record was deleted and a final checkpoint garbled")
+    require(len(out.damage) == 2, "a trials record was deleted and a final checkpoint rotted")
     assert not out.violations, out.report()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 22 seam: a damaged init.pt of a model that resumes training fails its job after "
-                          "the model is recorded (run_trial loads init with checkpoints.load), and stays damaged")
 def test_a_damaged_init_checkpoint_does_not_fail_a_resumed_model(world):
     """Seeds 0 and 1, solo, no metrics; the run dies right after model 0's `last.pt`,
-    and model 0's `init.pt` is garbled. The rerun resumes model 0 from `last.pt`,
-    records it, then loads `init` for its metrics with `checkpoints.load` (not
-    `load_or_quarantine`): CheckpointError, the job fails and is filed, though no metric
-    needs `init`; no run repairs the file (theta_0 follows from the seed alone)."""
+    and model 0's `init.pt` is garbled. The rerun resumes model 0 from `last.pt` and
+    once failed its job loading `init` after recording it, leaving the file damaged.
+    Now a resumed model writes its `init` again from the seed when it is not intact."""
     case = Case(make_values((0, 1)), "off",
                 (Step(Kill(1, "after", "last.pt"), (Damage("garble_checkpoint", path="init.pt"),)),))
     out = simulate(case, *world)
@@ -348,18 +332,29 @@ def test_a_damaged_init_checkpoint_does_not_fail_a_resumed_model(world):
     assert not out.violations, out.report()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 22 seam: a pack's members.json, written before its last.pt, outlives the pack when "
-                          "a later run plans its members otherwise")
 def test_a_pack_members_file_does_not_outlive_its_pack(world):
     """Two cells of seeds 0 and 1, packs of up to 3: a pack per cell. The run dies right
     after the second pack's `members.json` (before its first `last.pt`), and a trials
     record of the first pack is deleted. The rerun packs the three untrained models
-    together, so the second pack never runs again and its members file stays."""
+    together, so the second pack never runs again: its members file, with no `last.pt`
+    to describe, is removed when the folder is settled."""
     case = Case(make_values((0, 1), lrs=(0.05, 0.1)), "3",
                 (Step(Kill(2, "after", "members.json", "write"), (Damage("delete_trials"),)),))
     out = simulate(case, *world)
     require(out.kills and out.damage, "the run died after the second pack's members file")
+    assert not out.violations, out.report()
+
+
+def test_rotted_checkpoints_are_found_by_the_scrub(world):
+    """Seeds 0 and 1, solo: after the sweep both checkpoints of model 1 rot (mtime
+    kept). No run reads them, so the case ends with the scrub (`analysis verify`),
+    which sets them aside; the next run trains model 1 again, on the same code path: the
+    same weights, so nothing derived from it changes."""
+    keys = trial_keys(Case(make_values((0, 1))))
+    case = Case(make_values((0, 1)), "off", (Step(None, (Damage("rot_checkpoint", path=f"{keys[1]}/final.pt"),
+                                                          Damage("rot_checkpoint", path=f"{keys[1]}/init.pt"))),))
+    out = simulate(case, *world)
+    require(len(out.damage) == 2, "both checkpoints rotted")
     assert not out.violations, out.report()
 
 

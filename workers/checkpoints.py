@@ -19,12 +19,14 @@ import io
 import json
 import pickle
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from workers.errors import CheckpointError
 from workers.records import checkpoint_path, pack_members_path
+from workers.seal import intact, seal, unseal
 from workers.storage import Storage
 
 
@@ -43,34 +45,21 @@ def weights_id(state: dict[str, torch.Tensor]) -> str:
 path = checkpoint_path  # `checkpoints/<trial_key or pack id>/<name>.pt`
 
 
-# A checkpoint's bytes end with this tag and a hash of what precedes it: torch.load
-# reads a file whose tensor bytes were garbled without an error, and resuming from (or
-# measuring) such weights would be recorded as valid. Files without the tag (written
-# before it) are loaded as they are; torch.load itself ignores the trailer (`init_from`).
-CHECKSUM_TAG = b"LSCK1"
-CHECKSUM_BYTES = 16
-
-
 def save(storage: Storage, trial_key: str, name: str, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    data = buffer.getvalue()
-    storage.write_bytes(path(trial_key, name), data + CHECKSUM_TAG + _checksum(data))
+    storage.write_bytes(path(trial_key, name), seal(buffer.getvalue()))
 
 
-def _checksum(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=CHECKSUM_BYTES).digest()
-
-
-def _verified(data: bytes, where: str) -> bytes:
-    """The torch.save bytes of a checkpoint file, after checking its checksum."""
-    cut = len(data) - len(CHECKSUM_TAG) - CHECKSUM_BYTES
-    body, trailer = data[:cut], data[cut:]
-    if not trailer.startswith(CHECKSUM_TAG):
-        return data  # written before checksums
-    if _checksum(body) != trailer[len(CHECKSUM_TAG):]:
-        raise CheckpointError(f"{where} cannot be read: its checksum does not match its bytes")
-    return body
+def restore_init(storage: Storage, trial_key: str, state: Callable[[], dict[str, Any]]) -> None:
+    """Write a resumed model's `init` again (from `state()`, the weights its seed gives)
+    unless an intact one is there: training resumes without it, but its metrics need it,
+    and theta_0 follows from the seed alone, so a lost or damaged copy is no loss."""
+    relpath = path(trial_key, "init")
+    if storage.exists(relpath) and intact(storage.read_bytes(relpath)):
+        return
+    print(f"warning: {storage.path(relpath)} is missing or damaged; written again from the seed", file=sys.stderr)
+    save(storage, trial_key, "init", state())
 
 
 def exists(storage: Storage, trial_key: str, name: str) -> bool:
@@ -82,7 +71,7 @@ def load(storage: Storage, trial_key: str, name: str, device: str = "cpu") -> di
     relpath = path(trial_key, name)
     if not storage.exists(relpath):
         return None
-    data = _verified(storage.read_bytes(relpath), storage.path(relpath))
+    data = unseal(storage.read_bytes(relpath), storage.path(relpath))
     try:
         return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -6,13 +6,23 @@ damaged, its final checkpoint lost), its new weights differ, and so does its
 `weights_id`: everything computed from the old weights no longer describes the model
 its keys name. Before a run plans, `set_aside_stale` settles the folder:
 
-1. a model recorded `ok` whose `final.pt` is gone has no weights: its trials and
-   history records go to `_quarantine/`, so it is trained again;
+1. a model recorded `ok` whose `final.pt` or `init.pt` is gone, or was written again
+   after its trials record and no longer holds the bytes it was saved with (checked
+   without loading: `workers.seal.intact`), has lost its weights: its checkpoint and
+   its trials and history records go to `_quarantine/`, so it is trained again;
 2. a resume checkpoint (`last.pt`) that outlived its model (a kill after the model was
-   recorded) is deleted; a pack's once every member is recorded;
+   recorded) is deleted; a pack's once every member is recorded, and a pack's members
+   file without its `last.pt` (a kill before the first one; the next start writes it
+   again);
 3. every measure and pair not computed from its models' current weights (or whose
    model has no trials record) goes to `_quarantine/` with its curves, so the run
    recomputes it exactly as if it had never been written.
+
+Step 1 reads only the checkpoints whose mtime is later than their model's trials
+record, which a sweep never writes (a model's checkpoints come before its record), and
+remembers those found intact (a folder copied without its mtimes) in
+`checkpoints/.intact.json`, so each is read once. Damage that keeps the mtime (bit
+rot) is found by the scrub, `verify_checkpoints` (`python -m analysis verify`).
 
 Readers leave stale records out the same way (`analysis.load`). `resumable_packs` tells
 the planner which killed packs to resume as they were. Imports neither torch nor Ray.
@@ -21,6 +31,7 @@ the planner which killed packs to resume as they were. Imports neither torch nor
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -40,8 +51,9 @@ from workers.records import (
     pack_members_path,
     record_path,
 )
-from workers.storage import Storage
-from workers.tables import Listings, TableRead, read_table
+from workers.seal import intact
+from workers.storage import FileStamp, Storage
+from workers.tables import Listings, TableRead, read_table, read_threads
 
 PACK_PREFIX = "pack-"  # checkpoint folders of packs (`workers.packing.plan.pack_id`)
 # The columns lineage reads of the measures and pairs tables (rows hold a hundred).
@@ -78,25 +90,30 @@ def stale_names(read: TableRead, models: dict[str, str]) -> list[str]:
                    if not all(is_current(models, key, weights) for key, weights in models_of_row)})
 
 
-def checkpoint_files(storage: Storage) -> dict[str, set[str]]:
-    """Owner (trial key or pack id) -> the file names in its checkpoint folder, from one
-    recursive listing (temp files left out)."""
+CheckpointFiles = dict[str, dict[str, FileStamp]]  # owner -> file name -> (size, mtime_ns)
+KEPT = ("final.pt", "init.pt")  # the checkpoints a recorded model keeps
+INTACT = f"{CHECKPOINTS}/.intact.json"  # relpath -> stamp of checkpoints read and found intact (step 1)
+
+
+def checkpoint_files(storage: Storage) -> CheckpointFiles:
+    """Owner (trial key or pack id) -> the files in its checkpoint folder with their
+    stamps, from one recursive listing (temp files left out)."""
     root = storage.path(CHECKPOINTS).rstrip("/") + "/"
-    files: dict[str, set[str]] = {}
+    files: CheckpointFiles = {}
     selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
     for info in storage.fs.get_file_info(selector):
         owner, _, name = info.path[len(root):].partition("/")
         if info.type == pafs.FileType.File and name and not name.startswith("."):
-            files.setdefault(owner, set()).add(name)
+            files.setdefault(owner, {})[name] = (info.size, info.mtime_ns or 0)
     return files
 
 
-def resumable_packs(storage: Storage, files: dict[str, set[str]] | None = None) -> tuple[tuple[str, ...], ...]:
+def resumable_packs(storage: Storage, files: CheckpointFiles | None = None) -> tuple[tuple[str, ...], ...]:
     """The members (trial keys, in training order) of every pack a kill left with a
     `last.pt` and its members file: the planner resumes such a pack as it was."""
     files = checkpoint_files(storage) if files is None else files
     return tuple(tuple(_pack_members(storage, owner)) for owner, names in sorted(files.items())
-                 if owner.startswith(PACK_PREFIX) and {"last.pt", PACK_MEMBERS} <= names)
+                 if owner.startswith(PACK_PREFIX) and {"last.pt", PACK_MEMBERS} <= names.keys())
 
 
 def _pack_members(storage: Storage, pack: str) -> list[str]:
@@ -125,38 +142,87 @@ def forget_measures(storage: Storage, key: str) -> None:
                 storage.quarantine(record_path(table, name))
 
 
-def set_aside_stale(storage: Storage, listings: Listings | None = None,
-                    files: dict[str, set[str]] | None = None) -> list[str]:
+def set_aside_stale(storage: Storage, listings: Listings | None = None, files: CheckpointFiles | None = None) -> list[str]:
     """Settle the folder before a run plans (module docstring, steps 1-3); one line per
     record set aside, naming it and why. `listings` and `files`: the tables' and the
     checkpoints' listings, if the caller has them."""
     listings = listings or {}
-    trials = read_table(storage, TRIALS, listings.get(TRIALS), ["trial_key", "status", WEIGHTS_ID]).data
+    recorded = listings[TRIALS] if TRIALS in listings else storage.list_files(TRIALS, ".parquet")
+    trials = read_table(storage, TRIALS, recorded, ["trial_key", "status", WEIGHTS_ID]).data
     files = checkpoint_files(storage) if files is None else files
-    lost = [key for key, status in zip(_column(trials, "trial_key"), _column(trials, "status"))
-            if status == "ok" and "final.pt" not in files.get(key, ())]  # step 1
+    ok = [key for key, status in zip(_column(trials, "trial_key"), _column(trials, "status")) if status == "ok"]
+    lost = _lost_weights(storage, ok, recorded, files)  # step 1
     for key in lost:
         forget_training(storage, key)
     models = model_weights(trials)
     for key in lost:
         del models[key]
     _drop_finished_resumes(storage, set(models), files)
-    return [f"warning: model {key} is recorded as trained but {checkpoint_path(key, 'final')} is gone; "
-            "its records moved to _quarantine/, training it again" for key in lost] + \
-        _quarantine_stale(storage, models, listings)
+    return [f"warning: model {key} is recorded as trained but {why}; its records moved to _quarantine/, "
+            "training it again" for key, why in lost.items()] + _quarantine_stale(storage, models, listings)
 
 
-def _drop_finished_resumes(storage: Storage, trained: set[str], files: dict[str, set[str]]) -> None:
-    """Step 2: resume checkpoints of recorded models, and of packs whose members all are."""
+def _lost_weights(storage: Storage, ok: list[str], recorded: dict[str, FileStamp],
+                  files: CheckpointFiles) -> dict[str, str]:
+    """Step 1: trial key -> why, for each model recorded `ok` whose kept checkpoints are
+    not all there as saved; a damaged one is moved to `_quarantine/`."""
+    known = _intact_stamps(storage)
+    found: dict[str, list[int]] = {}  # what `known` keeps: the stamps still current
+    lost: dict[str, str] = {}
+    for key in ok:
+        held, record_mtime = files.get(key, {}), recorded.get(key, (0, 0))[1]
+        for name in KEPT:
+            relpath = f"{CHECKPOINTS}/{key}/{name}"
+            stamp = held.get(name)
+            if stamp is None:
+                lost[key] = f"{relpath} is gone"
+            elif stamp[1] <= record_mtime:
+                continue  # written before its model's record, as a sweep writes it
+            elif known.get(relpath) == list(stamp) or intact(storage.read_bytes(relpath)):
+                found[relpath] = list(stamp)
+            else:
+                storage.quarantine(relpath)
+                lost[key] = f"{relpath} was written again since and is damaged (moved to _quarantine/)"
+    if found != known:
+        storage.write_bytes(INTACT, json.dumps(found).encode())
+    return lost
+
+
+def _intact_stamps(storage: Storage) -> dict[str, list[int]]:
+    try:
+        return {str(k): list(v) for k, v in json.loads(storage.read_bytes(INTACT)).items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}  # none yet, or unreadable: each is read once more
+
+
+def verify_checkpoints(storage: Storage) -> list[str]:
+    """The scrub of checkpoints: read every kept checkpoint of every model and move those
+    not as saved to `_quarantine/` (the next run trains their models again, step 1).
+    Returns a line per damaged file and a last line with the count."""
+    files = checkpoint_files(storage)
+    kept = sorted(f"{CHECKPOINTS}/{owner}/{name}" for owner, names in files.items() for name in names
+                  if name in KEPT)
+    with ThreadPoolExecutor(read_threads(storage)) as pool:  # hashing releases the GIL; a GET waits
+        ok = list(pool.map(lambda relpath: intact(storage.read_bytes(relpath)), kept))
+    damaged = [relpath for relpath, fine in zip(kept, ok) if not fine]
+    for relpath in damaged:
+        storage.quarantine(relpath)
+    return [*(f"warning: {relpath} is damaged (its bytes are not those saved); moved to _quarantine/, its model "
+              "will be trained again" for relpath in damaged),
+            f"verified {len(kept)} checkpoints: " + (f"{len(damaged)} moved to _quarantine/" if damaged else "all intact")]
+
+
+def _drop_finished_resumes(storage: Storage, trained: set[str], files: CheckpointFiles) -> None:
+    """Step 2: resume checkpoints of recorded models, and of packs whose members all
+    are; members files without their pack's `last.pt`."""
     for owner, names in files.items():
-        if "last.pt" not in names and PACK_MEMBERS not in names:
-            continue
-        if owner.startswith(PACK_PREFIX):
-            members = _pack_members(storage, owner) if PACK_MEMBERS in names else []
-            if members and set(members) <= trained:
+        if owner.startswith(PACK_PREFIX) and PACK_MEMBERS in names:
+            if "last.pt" not in names:
+                storage.delete(pack_members_path(owner))
+            elif set(_pack_members(storage, owner) or [""]) <= trained:
                 storage.delete(checkpoint_path(owner, "last"))
                 storage.delete(pack_members_path(owner))
-        elif owner in trained:
+        elif owner in trained and "last.pt" in names:
             storage.delete(checkpoint_path(owner, "last"))
 
 

@@ -219,6 +219,7 @@ def _start(
     if last is None:
         checkpoints.save(storage, cfg.trial_key, "init", {"model": model.state_dict()})
         return hooks, log
+    checkpoints.restore_init(storage, cfg.trial_key, lambda: {"model": model.state_dict()})
     for hook, state in zip(hooks, last["hooks"]):
         hook.load_state_dict(state)  # late-phase rebuilds its members before the weights load
     model.load_state_dict(last["model"])

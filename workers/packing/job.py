@@ -193,6 +193,8 @@ class PackLog:
                 checkpoints.save(storage, cfg.trial_key, "init", {"model": member_state(packed, g, len(cfgs))})
             checkpoints.save_pack_members(storage, log.key, log.members)  # before its first `last`
             return log
+        for g, cfg in enumerate(cfgs):
+            checkpoints.restore_init(storage, cfg.trial_key, lambda g=g: {"model": member_state(packed, g, len(cfgs))})
         optimizer.load_state_dict(last["optimizer"])
         packed.load_state_dict(last["model"])
         log.histories, log.blown_up, log.start_epoch = last["histories"], last["blown_up"], last["epoch"]
