@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("report", help="phase diagram, metric heatmaps and a Markdown summary")
     report.add_argument("path", help="sweep folder or URI (or an imported reference, see import-yang2021)")
     report.add_argument("--all", action="store_true", help=ALL_HELP)
-    report.add_argument("--out", required=True, help="folder for the PNGs, cells.csv and summary.md")
+    report.add_argument("--out", required=True, help="folder for index.html (the page to explore), the PNGs, "
+                        "cells.csv and summary.md")
     report.add_argument("--x", help="horizontal axis (default: width)")
     report.add_argument("--y", help="vertical axis, small values at the top (default: batch_size)")
     report.add_argument("--fix", action="append", default=[], metavar="KEY=VALUE",

@@ -183,6 +183,8 @@ def with_overrides(thresholds: Thresholds, overrides: dict[str, str]) -> Thresho
             values[name] = float(text)
         except ValueError:
             raise ConfigError(f"--threshold {name}", f"expected a number, got {text!r}") from None
+        if name == "train_loss" and not values[name] > 0:  # compared on a log scale
+            raise ConfigError(f"--threshold {name}", f"expected a loss above 0, got {text!r}")
         source[name] = "set by the user"
     return replace(thresholds, **values, source=source)
 

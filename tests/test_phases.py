@@ -79,6 +79,8 @@ def test_user_thresholds_override_and_are_checked(published):
         with_overrides(PAPER, {"sharpness": "3"})
     with pytest.raises(ConfigError, match="expected a number"):
         with_overrides(PAPER, {"mc": "low"})
+    with pytest.raises(ConfigError, match="--threshold train_loss: expected a loss above 0, got '0'"):
+        with_overrides(PAPER, {"train_loss": "0"})  # its scale is logarithmic: once a traceback
     with pytest.raises(ConfigError, match="valid: paper, auto"):
         resolve_thresholds(published, "magic", {})
 
