@@ -82,10 +82,10 @@ def build_parser(study: str, description: str) -> argparse.ArgumentParser:
                         "the other cells (default: budget=0.5,stride=2; x=AXIS,y=AXIS pick the diagram's axes; "
                         "see analysis/refine.py)")
     parser.add_argument("--log", default="", metavar="NAME,...",
-                        help=f"attach Ray Tune's loggers, any of {', '.join(LOGGERS)}: every trial reports each "
-                        "epoch; files under the sweep's _tune/ (MLflow: _tune/mlflow.db unless "
-                        "MLFLOW_TRACKING_URI is set; W&B: WANDB_MODE=offline keeps runs there); mlflow and "
-                        "wandb are extras: pip install -e \".[mlflow]\" (default: none)")
+                        help=f"log every model and seed pair as a run of its own to any of {', '.join(LOGGERS)}: "
+                        "its params, each epoch, its outcome; files under the sweep's _tune/runs/ (MLflow: "
+                        "_tune/mlflow.db unless MLFLOW_TRACKING_URI is set; W&B: WANDB_MODE=offline keeps runs "
+                        "there); mlflow and wandb are extras: pip install -e \".[mlflow]\" (default: none)")
     parser.add_argument("--thresholds", choices=("paper", "auto"),
                         help="phase thresholds of the report and of --refine: paper (calibrated on Yang et al. "
                         "2021) or auto (split at this sweep's own metrics) (default: paper for --preset paper, "
@@ -180,8 +180,6 @@ def main(study: str, description: str, argv: list[str] | None = None) -> int:
     try:
         options.pack_policy()  # a bad --pack fails here, before anything runs
         options = dataclasses.replace(options, loggers=parse_loggers(args.log))
-        if options.loggers and options.in_process:
-            raise ConfigError("--log", "attaches Ray Tune's loggers, and --in-process runs without Ray; drop one")
         spec = spec_from_args(study, args)
         trials = spec.trials()
         thresholds = args.thresholds or ("paper" if spec.preset == "paper" else "auto")

@@ -246,18 +246,18 @@ def _execute(plan: Plan, rounds: Rounds, options: RunOptions, context: RunContex
     """Run the plan (and a refined sweep's further rounds, but not in a `repair` pass,
     `settle_again`) with the executor `options` ask for; on Ctrl-C or SIGTERM, stop the
     trials and raise `Interrupted`."""
-    if options.in_process:
-        executor: InProcess | WithTune = InProcess(options, axes, log)
-    else:
-        from sweeps.loggers import logger_callbacks
+    from sweeps.loggers import open_trackers
 
+    tune_dir = storage.path("_tune") if storage.is_local else os.path.expanduser("~/ray_results")
+    trackers = open_trackers(options.loggers, context.sweep, axes, tune_dir)  # --log, for either executor
+    if options.in_process:
+        executor: InProcess | WithTune = InProcess(options, axes, log, trackers)
+    else:
         init_ray(options)  # first: Ray's own SIGTERM handler would replace the one installed next
         if options.address not in LOCAL_ADDRESSES:  # this machine was checked before the start
             wait_for_capacity(options.request(), options.wait_for_resources_s)
-        tune_dir = storage.path("_tune") if storage.is_local else os.path.expanduser("~/ray_results")
         name = context.sweep + (f"-repair{repair}" if repair else "")  # its own Tune experiment
-        executor = WithTune(options, axes, log, tune_dir, name,
-                            logger_callbacks(options.loggers, context.sweep, axes, tune_dir))
+        executor = WithTune(options, axes, log, tune_dir, name, trackers)
     live.start_run(storage, time.time())  # for `analysis status --watch`
     try:
         with stop_on_signals() as caught:

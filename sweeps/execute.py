@@ -9,7 +9,9 @@ without Ray, not a different program:
 - a pair runs once both its models are trained; one whose model failed is not run;
 - a refined sweep's further jobs (`extend`) are asked for whenever the queue runs dry,
   until there are none;
-- one line per model and pair as its job ends, and the progress line (`sweeps.progress`).
+- one line per model and pair as its job ends, and the progress line (`sweeps.progress`);
+- every result a job reports goes to the trackers of `--log` (`sweeps.trackers`), which
+  keep one run per model and pair, so `--in-process` logs as the Tune run does.
 Neither counts failures: the driver counts what the records lack once the executor
 returns, the same way for both. Ctrl-C reaches both as KeyboardInterrupt (the driver's
 `stop_on_signals`).
@@ -26,10 +28,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from sweeps.plan import Extend, Job
+from sweeps.ray_output import ray_output_to, route_ray_logging, route_worker_output
 from workers.records import FAILED
 
 if TYPE_CHECKING:
     from sweeps.driver import RunOptions
+    from sweeps.trackers import Trackers
 
 Log = Callable[[str], None]
 
@@ -37,8 +41,8 @@ Log = Callable[[str], None]
 class InProcess:
     """The debug executor: one job after another in this process, no Ray."""
 
-    def __init__(self, options: RunOptions, axes: list[str], log: Log | None) -> None:
-        self.options, self.axes, self.log = options, axes, log
+    def __init__(self, options: RunOptions, axes: list[str], log: Log | None, trackers: Trackers) -> None:
+        self.options, self.axes, self.log, self.trackers = options, axes, log, trackers
 
     def run(self, jobs: list[Job], finished: set[str], extend: Extend | None = None, max_jobs: int = 0) -> None:
         from sweeps.progress import Tally, Terminal, failed_for_good, format_lines, job_size
@@ -46,26 +50,32 @@ class InProcess:
         tally, terminal = Tally(job.config for job in jobs), Terminal(self.log)
         total = sum(job_size(job.config) for job in jobs)
         models = set(finished)  # trial keys of the models that exist
+        self.trackers.skip(set(finished))
         queue = list(jobs)
-        while queue:
-            for job in queue:
-                tally.start(job.key, job.config)
-                terminal.progress(tally.progress)
-                result = self._attempts(job, models)
-                for line in format_lines(tally.done + tally.failed, total, job.config, result, self.axes):
-                    terminal.line(line)
-                failed = failed_for_good(result)
-                tally.end(job.key, job.config, ok=not failed)
-                if not failed:
-                    models.update(job.trained)
-            queue, more = extend() if extend else ([], set())
-            models |= more
-            tally.add(job.config for job in queue)
-            total += sum(job_size(job.config) for job in queue)
+        try:
+            while queue:
+                for job in queue:
+                    tally.start(job.key, job.config)
+                    terminal.progress(tally.progress)
+                    result = self._attempts(job, models)
+                    self.trackers.result(job.key, job.config, result)
+                    for line in format_lines(tally.done + tally.failed, total, job.config, result, self.axes):
+                        terminal.line(line)
+                    failed = failed_for_good(result)
+                    tally.end(job.key, job.config, ok=not failed)
+                    if not failed:
+                        models.update(job.trained)
+                queue, more = extend() if extend else ([], set())
+                models |= more
+                tally.add(job.config for job in queue)
+                total += sum(job_size(job.config) for job in queue)
+        finally:
+            self.trackers.close()
         terminal.progress(tally.progress, last=True)
 
     def _attempts(self, job: Job, models: set[str]) -> dict[str, Any]:
-        """The job's result after at most 1 + max_retries attempts (transient failures only)."""
+        """The job's result after at most 1 + max_retries attempts (transient failures
+        only); each epoch goes to the trackers as it ends, as Tune's results do."""
         from workers.tune_entry import run_job
 
         missing = [k for k in job.needs if k not in models]
@@ -74,7 +84,7 @@ class InProcess:
                     "failure": ""}
         for attempt in range(self.options.max_retries + 1):
             try:
-                return run_job(job.config)
+                return run_job(job.config, lambda result: self.trackers.result(job.key, job.config, result))
             except Exception as exc:  # transient (run_job returns the others): try again
                 error = f"{type(exc).__name__}: {exc} (after {attempt + 1} attempts)"
         return {"status": FAILED, "error": error, "failure": ""}
@@ -84,22 +94,28 @@ class WithTune:
     """The Ray Tune executor: jobs as Tune trials on the embedded Ray or a cluster."""
 
     def __init__(self, options: RunOptions, axes: list[str], log: Log | None, tune_dir: str, name: str,
-                 loggers: list[Any]) -> None:
+                 trackers: Trackers) -> None:
         self.options, self.axes, self.log = options, axes, log
-        self.tune_dir, self.name, self.loggers = tune_dir, name, loggers
+        self.tune_dir, self.name, self.trackers = tune_dir, name, trackers
 
     def run(self, jobs: list[Job], finished: set[str], extend: Extend | None = None, max_jobs: int = 0) -> None:
         from sweeps.progress import OneLinePerTrial, Terminal
+        from sweeps.trackers import TrackerCallback
 
         progress = OneLinePerTrial([j.config for j in jobs], self.axes, Terminal(self.log))
+        self.trackers.skip(set(finished))
 
         def counted() -> tuple[list[Job], set[str]]:  # more jobs, counted in the progress lines
             more, trained = extend()
             progress.add([j.config for j in more])
             return more, trained
 
-        run_jobs(jobs, finished=finished, options=self.options, tune_dir=self.tune_dir, name=self.name,
-                 callbacks=[progress, *self.loggers], extend=counted if extend else None, max_jobs=max_jobs)
+        try:
+            run_jobs(jobs, finished=finished, options=self.options, tune_dir=self.tune_dir, name=self.name,
+                     callbacks=[progress, TrackerCallback(self.trackers)], extend=counted if extend else None,
+                     max_jobs=max_jobs)
+        finally:
+            self.trackers.close()
 
 
 # Jobs per Tune experiment. Tune's controller keeps every trial of an experiment in
@@ -216,22 +232,14 @@ def run_jobs(
     return failed
 
 
-@contextlib.contextmanager
-def ray_output_to(path: str) -> Iterator[None]:
-    """Send what Tune prints while it runs (its banner table, "View detailed results
-    here", the workers' forwarded stdout) to `path`, leaving the terminal to the driver's
-    own lines, which hold their stream from before (`sweeps.progress.Terminal`).
-    Tune's warnings go through logging to stderr, as before."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as out, contextlib.redirect_stdout(out):
-        yield
-
-
 def init_ray(options: RunOptions) -> None:
-    """Connect to `--address`, or start an embedded Ray, unless already connected. The
-    embedded one is always new ("local"): `ray.init()` without an address would join a
-    Ray someone started on this machine with `ray start`, and the sweep with it."""
+    """Connect to `--address`, or start an embedded Ray, unless already connected, and send
+    Ray's own output to the sweep's log (`sweeps.ray_output`). The embedded one is always
+    new ("local"): `ray.init()` without an address would join a Ray someone started on
+    this machine with `ray start`, and the sweep with it."""
     import ray
 
+    route_ray_logging()  # first: what Ray says as it starts goes to the log too
     if not ray.is_initialized():
         ray.init(address=options.address or "local", include_dashboard=False, logging_level="WARNING")
+    route_worker_output()

@@ -1,26 +1,23 @@
-"""`--log tensorboard,csv,mlflow,wandb`: Ray Tune's own logger callbacks, set up for a sweep.
+"""`--log tensorboard,csv,mlflow,wandb`: which trackers a sweep logs to, checked before anything runs.
 
-Every job reports each epoch as it trains and its outcome at the end
-(`workers.tune_entry`), so Tune's loggers draw live curves: `history/<figure>` per
-epoch (`history/<trial key>/<figure>` for each model of a pack), then the trials row's
-outcome and phase scalars (`members/<trial key>/...` for a pack), against the epoch.
-
-Their files stay with Tune's own under the sweep's `_tune/` (another folder for an
-object store, see `sweeps.driver`): TensorBoard events and `progress.csv` in each
-trial's folder, W&B's run folders there too, and MLflow's store `_tune/mlflow.db`
-unless `MLFLOW_TRACKING_URI` names a server. The experiment (MLflow) or project (W&B)
-is the sweep's name. Each is checked before anything runs: an unknown name, or one
-whose package is missing, is bad input naming `--log` (exit code 2).
+The trackers themselves (`sweeps.trackers`) keep one run per model and per seed pair:
+TensorBoard, CSV and W&B files in each run's folder under the sweep's `_tune/runs/`
+(another folder for an object store, see `sweeps.driver`), MLflow's store
+`_tune/mlflow.db` unless `MLFLOW_TRACKING_URI` names a server. The experiment (MLflow)
+or project (W&B) is the sweep's name. An unknown name, or one whose package is
+missing, is bad input naming `--log` (exit code 2).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from workers.errors import ConfigError
-from workers.tune_entry import job_units
+
+if TYPE_CHECKING:
+    from sweeps.trackers import Trackers
 
 # Each logger with the modules it needs; its install command is the extra of the same name.
 LOGGERS: dict[str, tuple[str, ...]] = {
@@ -45,42 +42,26 @@ def parse_loggers(text: str) -> tuple[str, ...]:
     return names
 
 
-def logger_callbacks(names: tuple[str, ...], sweep: str, axes: list[str], tune_dir: str) -> list[Any]:
-    """The Tune callbacks of `names` (from `parse_loggers`) for a sweep's run."""
-    callbacks: list[Any] = []
+def open_trackers(names: tuple[str, ...], sweep: str, axes: list[str], tune_dir: str) -> Trackers:
+    """The trackers of `names` (from `parse_loggers`) for a sweep's run; with no names,
+    one that logs nothing."""
+    from sweeps.trackers import Trackers
+    from sweeps.trackers.files import CsvRuns, TensorBoardRuns
+
+    if names:
+        os.makedirs(tune_dir, exist_ok=True)  # MLflow's SQLite store is created in it
+    trackers: list = []
     if "tensorboard" in names:
-        from ray.tune.logger import TBXLoggerCallback
-
-        callbacks.append(TBXLoggerCallback())
+        trackers.append(TensorBoardRuns())
     if "csv" in names:
-        from ray.tune.logger import CSVLoggerCallback
-
-        callbacks.append(CSVLoggerCallback())
+        trackers.append(CsvRuns())
     if "mlflow" in names:
-        from sweeps.log_mlflow import SweepMLflow
+        from sweeps.trackers.mlflow_runs import MLflowRuns
 
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tune_dir}/mlflow.db"
-        callbacks.append(SweepMLflow(sweep, axes, uri, artifacts=f"{tune_dir}/mlartifacts"))
+        trackers.append(MLflowRuns(sweep, uri, artifacts=f"{tune_dir}/mlartifacts"))
     if "wandb" in names:
-        from sweeps.log_wandb import SweepWandb
+        from sweeps.trackers.wandb_runs import WandbRuns
 
-        callbacks.append(SweepWandb(sweep, axes))
-    return callbacks
-
-
-def job_params(config: dict[str, Any], axes: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """What a tracker's params (MLflow) or config (W&B) hold for a job instead of its
-    whole config: its place on the grid, each axis's value (in a pack, its models'
-    values, comma-separated, as in its label), its kind and how many models it trains;
-    and the label of each model by trial key, the name its curves carry.
-
-    A pack's job config holds every member's full config (thousands of values, some
-    past MLflow's 6,000-character limit), and a solo one a hundred values that do
-    not vary across the sweep; the records hold all of them.
-    """
-    units = job_units(config, tuple(axes))
-    models = [u for u in units if u.kind == "train"]
-    named = models or units  # a pair job: the pair
-    params: dict[str, Any] = {axis: ",".join(dict.fromkeys(str(u.values[axis]) for u in named)) for axis in axes}
-    params.update(kind=config["kind"], models=len(models))
-    return params, {u.key: " ".join(f"{a}={u.values[a]}" for a in axes) for u in models}
+        trackers.append(WandbRuns(sweep))
+    return Trackers(trackers, sweep, axes, tune_dir)

@@ -11,6 +11,8 @@ line now and then.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -216,7 +218,19 @@ class OneLinePerTrial(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tally.end(trial.trial_id, trial.config, ok=False)
         self.terminal.line(f"[{self.tally.done + self.tally.failed}/{self.total}] "
-                           f"{job_label(trial.config, self.axes)}  FAILED (see {trial.local_path})")
+                           f"{job_label(trial.config, self.axes)}  FAILED (see {kept_error(trial)})")
+
+
+def kept_error(trial: Any) -> str:
+    """Where a failed trial's error is told: Tune writes it into Ray's session folder
+    (`/tmp/ray/session_*`, gone with the session), so it is copied into the trial's
+    folder under the sweep's `_tune/`; that folder if Tune wrote none."""
+    if not trial.error_file or not os.path.exists(trial.error_file):
+        return trial.path
+    os.makedirs(trial.path, exist_ok=True)
+    kept = os.path.join(trial.path, os.path.basename(trial.error_file))
+    shutil.copyfile(trial.error_file, kept)
+    return kept
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.terminal.progress(self.tally.progress, last=True)

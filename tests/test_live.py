@@ -69,8 +69,9 @@ def test_a_trial_reports_each_epoch_as_its_history_and_writes_the_same_records(t
     assert [r["epoch"] for r in collect.results] == [1, 2, 3] == history["epoch"].tolist()
     assert [r["timesteps_total"] for r in collect.results] == [1, 2, 3]  # Tune's loggers plot against it
     for result, epoch in zip(collect.results, history.itertuples()):
-        assert set(result["history"]) == {"lr", "train_loss", "train_acc", "epoch_time_s"}  # no NaN step sizes
-        assert result["history"]["train_loss"] == epoch.train_loss and result["history"]["lr"] == epoch.lr
+        figures = result["history"][cfg.trial_key]  # keyed as a pack's are
+        assert set(figures) == {"lr", "train_loss", "train_acc", "epoch_time_s"}  # no NaN step sizes
+        assert figures["train_loss"] == epoch.train_loss and figures["lr"] == epoch.lr
     assert [jobs[0]["epoch"] for jobs in collect.seen] == [1, 2, 3]
     assert collect.seen[0][0]["units"] == [{"key": cfg.trial_key, "kind": "train", "values": {
         "width": 2, "batch_size": 128, "seed": 0}}]

@@ -1,8 +1,8 @@
 """What a job tells while it runs, for the people watching the sweep; never a record.
 
-Two readers want a job's epochs as they happen: Ray Tune (its dashboard and the
-TensorBoard, CSV, MLflow and W&B loggers of `--log`) and `python -m analysis status
---watch`, from any machine that sees the storage. A job holds one `JobProgress`
+Two readers want a job's epochs as they happen: the driver (Ray Tune's results, which
+its trackers of `--log`, `sweeps.trackers`, turn into one TensorBoard, CSV, MLflow or W&B
+run per model) and `python -m analysis status --watch`, from any machine that sees the storage. A job holds one `JobProgress`
 (`workers.tune_entry.run_job` opens it); the epoch callbacks of training
 (`workers.trial.EpochLog`, `workers.packing.job.PackLog`) hand it each epoch's history
 rows, and it
@@ -97,18 +97,15 @@ class JobProgress:
     def end_epoch(self, epoch: int, rows: dict[str, dict[str, Any]]) -> None:
         """`rows`: this epoch's history row of every model still training, by trial key.
 
-        Tune gets `history/<figure>` for a job of one model and `history/<trial key>/<figure>`
-        for a pack (trial keys join the curves to the records and are valid names in every
-        logger), with the epoch as `timesteps_total`, which Tune's loggers plot against, so a
-        retried job's curve continues at its true epoch.
+        `report` gets `history/<trial key>/<figure>` for a solo job and a pack alike: the
+        driver's trackers (`sweeps.trackers`) split it into one run per model, and the trial
+        key is the name every record of that model carries.
         """
         self.epoch, self.last = epoch, {key: figures(row) for key, row in rows.items()}
         if epoch >= self.epochs or time.monotonic() - self._written >= WRITE_EVERY_S:
             self._write()
         if self.report is not None:
-            keyed = self.kind == "pack"
-            self.report({"epoch": epoch, "timesteps_total": epoch,
-                         "history": self.last if keyed else next(iter(self.last.values()), {})})
+            self.report({"epoch": epoch, "timesteps_total": epoch, "history": self.last})
 
     def finish(self) -> None:
         """The job is over (recorded, or failed and filed): its file goes. Called on the

@@ -29,11 +29,21 @@ from workers.storage import Storage
 from workers.trial import run_trial
 
 # Scalars of a trials or pairs row reported to Tune at a job's end (and so to the
-# driver's lines and Tune's loggers): the outcome and what places a model or a cell on
+# driver's lines and trackers): the outcome and what places a model or a cell on
 # the phase diagram (`analysis.phases`); the records hold the rest.
 REPORTED = ("status", "train_loss", "train_acc", "test_loss", "test_acc", "hessian_top_eigenvalue",
             "hessian_trace", "mc", "mc_loss", "mc_test", "cka_softmax", "cka_logits", "l2_distance",
             "epochs_done", "time_total_s", "host")
+
+
+def job_parts(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The flat configs of the models a job trains and the pairs (`{"a", "b", "with_mc"}`)
+    it measures, in the order of `job_units`."""
+    if config["kind"] == "pair":
+        return [], [config]
+    if config["kind"] == "pack":
+        return config["members"], config["pairs"]
+    return [config["trial"]], []
 
 
 def job_units(config: dict[str, Any], axes: tuple[str, ...] = ()) -> list[Unit]:
@@ -47,11 +57,8 @@ def job_units(config: dict[str, Any], axes: tuple[str, ...] = ()) -> list[Unit]:
         key = pair_key(TrialConfig.from_flat(a), TrialConfig.from_flat(b), spec["with_mc"])
         return Unit(key, "pair", {**unit_values(a, axes), "seed": f"{a['seed']},{b['seed']}"})
 
-    if config["kind"] == "pair":
-        return [pair(config)]
-    if config["kind"] == "pack":
-        return [model(flat) for flat in config["members"]] + [pair(p) for p in config["pairs"]]
-    return [model(config["trial"])]
+    models, pairs = job_parts(config)
+    return [model(flat) for flat in models] + [pair(spec) for spec in pairs]
 
 
 def job_records(config: dict[str, Any]) -> list[tuple[str, str]]:
@@ -65,9 +72,8 @@ def job_progress(config: dict[str, Any], context: RunContext, report: Report | N
     units = job_units(config, tuple(context.axes))
     models = [u.key for u in units if u.kind == "train"]
     name = pack_id(models) if config["kind"] == "pack" else units[0].key
-    trained = config["members"] if config["kind"] == "pack" else [config["trial"]] if config["kind"] == "train" else []
     return JobProgress(Storage.open(context.storage), name, config["kind"], units,
-                       max((flat["epochs"] for flat in trained), default=0), report)
+                       max((flat["epochs"] for flat in job_parts(config)[0]), default=0), report)
 
 
 def run_job(config: dict[str, Any], report: Report | None = None) -> dict[str, Any]:
@@ -113,7 +119,7 @@ def _run(config: dict[str, Any], context: RunContext, progress: JobProgress) -> 
 def summarize_pack(rows: list[dict[str, Any]], members: int) -> dict[str, Any]:
     """One result for a pack job: its status, and each model's and pair's reported
     scalars by trial or pair key, in the job's order (the driver's lines zip them with
-    its members and pairs; Tune's loggers see `members/<trial key>/<scalar>`); the
+    its members and pairs, its trackers log each to its model's or pair's run); the
     records hold every row in full."""
     models, pairs = rows[:members], rows[members:]
     diverged = sum(r["status"] != "ok" for r in models)
@@ -157,8 +163,8 @@ def record_failure(config: dict[str, Any], exc: BaseException) -> str:
 
 def tune_job(config: dict[str, Any]) -> None:
     """The Tune function: each epoch's figures to `tune.report` as training goes, then
-    the job's outcome (with the last epoch as `timesteps_total`, where Tune's loggers
-    draw it)."""
+    the job's outcome (with the last epoch as `timesteps_total`); the driver's trackers
+    (`sweeps.trackers`) split both into the runs of the job's models and pairs."""
     from ray import tune
 
     with Background(tune.report) as report:
@@ -169,7 +175,7 @@ def tune_job(config: dict[str, Any]) -> None:
 
 class Background:
     """Calls `report` on a thread of its own, in order. Tune's report blocks its caller
-    until the driver has taken the result (its loggers included: an MLflow write is tens
+    until the driver has taken the result (its trackers included: an MLflow write is tens
     of milliseconds) and asked for the next; here training hands the result over and goes
     on. Leaving the block waits for every result to be delivered and raises the first
     error `report` raised."""
