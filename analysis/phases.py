@@ -67,7 +67,7 @@ def _matches(column: pd.Series, text: str) -> pd.Series:
     return column.astype(str) == text
 
 
-def _unique_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+def unique_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
     """One row per (cell, seed pair): a row with a curve if there is one, else the latest.
 
     A seed pair has several records when a sweep was extended: a similarity-only record
@@ -113,7 +113,7 @@ def cell_metrics(sweep: Sweep, axes: list[str], fixed: dict[str, str] | None = N
         table["train_err_std"] = (100.0 * (1.0 - ok["train_acc"])).groupby([ok[a] for a in axes], dropna=False).std()
 
     usable = pairs[pairs["status"] == "ok"] if not pairs.empty else pairs
-    usable = _unique_pairs(usable)
+    usable = unique_pairs(usable)
     if not usable.empty and all(a in usable.columns for a in axes):
         by_cell = usable.groupby(axes, dropna=False)
         table["pairs"] = by_cell.size()

@@ -219,7 +219,7 @@ def place_of(row: Any, grid: Grid) -> Place:
     return tuple(plain(row[name]) for name in grid.other_axes), cell_of(row, grid)
 
 
-class _Known:
+class KnownCells:
     """Classified cells by grid index, and rings around other cells."""
 
     def __init__(self, grid: Grid, classified: pd.DataFrame, others: Iterable[Cell] = ()) -> None:
@@ -239,7 +239,7 @@ class _Known:
         return len({r["phase"] for r in rows}) > 1 or any(bool(r["uncertain"]) for r in rows)
 
 
-def _weights(at: tuple[int, int], ring: list[tuple[int, int]]) -> np.ndarray:
+def ring_weights(at: tuple[int, int], ring: list[tuple[int, int]]) -> np.ndarray:
     """1 / (Euclidean distance in grid steps)^2 of each ring cell from `at`."""
     return np.array([1.0 / ((i - at[0]) ** 2 + (j - at[1]) ** 2) for i, j in ring])
 
@@ -248,7 +248,7 @@ def _values(rows: list[pd.Series], column: str, scale: Callable) -> np.ndarray:
     return np.array([scale(float(r.get(column, math.nan))) for r in rows], dtype=np.float64)
 
 
-def _finished(rows: list[pd.Series]) -> np.ndarray:
+def finished_shares(rows: list[pd.Series]) -> np.ndarray:
     """Each cell's share of models that trained to the end (NaN without counts)."""
     def share(row: pd.Series) -> float:
         models = float(row.get("models", math.nan))
@@ -257,7 +257,7 @@ def _finished(rows: list[pd.Series]) -> np.ndarray:
     return np.array([share(r) for r in rows], dtype=np.float64)
 
 
-def _weighted(values: np.ndarray, weights: np.ndarray) -> float:
+def weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
     """Weighted mean of the finite values (NaN if none)."""
     finite = np.isfinite(values)
     return float(weights[finite] @ values[finite] / weights[finite].sum()) if finite.any() else math.nan
@@ -266,8 +266,8 @@ def _weighted(values: np.ndarray, weights: np.ndarray) -> float:
 def interpolate(at: tuple[int, int], rows: list[pd.Series], ring: list[tuple[int, int]]) -> dict[str, float]:
     """The deciding metrics at `at`, weighted 1/distance^2 over the ring's finite values
     (mc averaged on `mc_scale`, returned on its own scale)."""
-    weights = _weights(at, ring)
-    out = {column: _weighted(_values(rows, column, scale), weights) for column, _, scale in DECIDING}
+    weights = ring_weights(at, ring)
+    out = {column: weighted_mean(_values(rows, column, scale), weights) for column, _, scale in DECIDING}
     if math.isfinite(out["mc_mean"]):
         out["mc_mean"] = math.copysign(math.expm1(abs(out["mc_mean"])), out["mc_mean"])
     return out
@@ -279,21 +279,21 @@ def margin(at: tuple[int, int], rows: list[pd.Series], ring: list[tuple[int, int
     value); 1 if the ring straddles none (it disagrees through a `?` or a label). The
     share of models that finished counts with its threshold `FINISHED`, so the edge of
     a diverged region ranks as any other boundary."""
-    weights = _weights(at, ring)
+    weights = ring_weights(at, ring)
     has_hessian = any(math.isfinite(float(r.get("log_top_eigenvalue", math.nan))) for r in rows)
     margins = [1.0]
 
     def straddled(values: np.ndarray, t: float, below: Callable[[np.ndarray], np.ndarray]) -> None:
         finite = values[np.isfinite(values)]
         if len(finite) >= 2 and below(finite).any() and (~below(finite)).any():
-            margins.append(abs(_weighted(values, weights) - t) / (finite.max() - finite.min()))
+            margins.append(abs(weighted_mean(values, weights) - t) / (finite.max() - finite.min()))
 
     for column, threshold, scale in DECIDING:
         if column == "log_train_loss" and has_hessian:
             continue
         t = threshold(thresholds)
         straddled(_values(rows, column, scale), t, lambda v, t=t: v <= t)  # the classifier: above iff > t
-    straddled(_finished(rows), FINISHED, lambda v: v < FINISHED)  # diverged iff < FINISHED
+    straddled(finished_shares(rows), FINISHED, lambda v: v < FINISHED)  # diverged iff < FINISHED
     return min(margins)
 
 
@@ -318,7 +318,7 @@ def _plan(grid: Grid, classified: pd.DataFrame, pending: Iterable[Cell], setting
           thresholds: Thresholds) -> tuple[list[Cell], list[tuple]]:
     """`plan`'s cells: those it keeps, and those it adds as (priority..., cell), in order."""
     pending = list(pending)
-    known = _Known(grid, classified, [*grid.coarse(settings.stride), *pending])
+    known = KnownCells(grid, classified, [*grid.coarse(settings.stride), *pending])
     base = list(dict.fromkeys([*grid.coarse(settings.stride), *pending,
                                *(cell for cell in grid.cells if grid.index(cell) in known.rows)]))
     room = grid.budget_cells(settings.budget) - len(base)
@@ -366,7 +366,7 @@ def infer(grid: Grid, classified: pd.DataFrame, thresholds: Thresholds) -> pd.Da
     the ring. Empty if nothing is classified."""
     if classified.empty:
         return pd.DataFrame()
-    known = _Known(grid, classified)
+    known = KnownCells(grid, classified)
     rows = []
     for cell in grid.cells:
         at = grid.index(cell)
@@ -375,7 +375,7 @@ def infer(grid: Grid, classified: pd.DataFrame, thresholds: Thresholds) -> pd.Da
         distance, ring = known.ring(at)
         neighbours = [known.rows[p] for p in ring]
         votes: dict[str, float] = {}
-        for row, weight in zip(neighbours, _weights(at, ring)):
+        for row, weight in zip(neighbours, ring_weights(at, ring)):
             votes[row["phase"]] = votes.get(row["phase"], 0.0) + weight
         best = max(votes.values())
         tied = sorted(p for p, v in votes.items() if math.isclose(v, best))
@@ -393,7 +393,7 @@ def _break_tie(at: tuple[int, int], rows: list[pd.Series], ring: list[tuple[int,
     """The label of a cell whose ring's vote ties between the labels `tied` (see the
     module docstring): `diverged` unless the interpolated share of models that
     finished is above `FINISHED`; among phases, the phase of the interpolated metrics."""
-    if DIVERGED in tied and not _weighted(_finished(rows), _weights(at, ring)) > FINISHED:
+    if DIVERGED in tied and not weighted_mean(finished_shares(rows), ring_weights(at, ring)) > FINISHED:
         return DIVERGED
     phases = [p for p in tied if p != DIVERGED]
     if len(phases) == 1:

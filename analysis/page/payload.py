@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.page.views import Selector, numbers
-from analysis.phases import _unique_pairs
+from analysis.phases import unique_pairs
 
 HISTORY_POINTS = 100  # the paper trains 100 epochs: its histories are drawn whole
 MODEL_NUMBERS = ("train_loss", "train_acc", "test_loss", "test_acc", "hessian_top_eigenvalue", "hessian_trace")
@@ -71,8 +71,8 @@ def pairs_json(pairs: pd.DataFrame, x: str, y: str, xs: list, ys: list, axes: li
 
 
 def shown_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
-    """One row per seed pair of a cell, the one the classifier counts (`_unique_pairs`)."""
-    return _unique_pairs(pairs).reset_index(drop=True) if not pairs.empty else pairs
+    """One row per seed pair of a cell, the one the classifier counts (`unique_pairs`)."""
+    return unique_pairs(pairs).reset_index(drop=True) if not pairs.empty else pairs
 
 
 def _sampled(n: int) -> np.ndarray:

@@ -24,7 +24,16 @@ import pandas as pd
 from analysis.diagram import classify_view
 from analysis.load import Sweep
 from analysis.phases import THRESHOLD_NAMES, Thresholds
-from analysis.refine import Grid, _finished, _Known, _weighted, _weights, cell_of, interpolate, refined_grid
+from analysis.refine import (
+    Grid,
+    KnownCells,
+    cell_of,
+    finished_shares,
+    interpolate,
+    refined_grid,
+    ring_weights,
+    weighted_mean,
+)
 from workers.errors import ConfigError
 
 POOLED = -1  # a selector's index for "pooled"
@@ -90,7 +99,7 @@ def _inference(grid: Grid, classified: pd.DataFrame) -> list[dict[str, Any] | No
     numbers of trained cells, in `infer`'s order), their weights, the ring's metrics
     interpolated at the cell and its interpolated share of models that finished."""
     trained = classified[~classified["inferred"].astype(bool)]
-    known = _Known(grid, trained)
+    known = KnownCells(grid, trained)
     row_of = {grid.index(cell_of(row, grid)): i for i, (_, row) in enumerate(classified.iterrows())
               if not row["inferred"]}
     out: list[dict[str, Any] | None] = []
@@ -100,7 +109,7 @@ def _inference(grid: Grid, classified: pd.DataFrame) -> list[dict[str, Any] | No
             continue
         at = grid.index(cell_of(row, grid))
         _, ring = known.ring(at)
-        rows, weights = [known.rows[p] for p in ring], _weights(at, ring)
+        rows, weights = [known.rows[p] for p in ring], ring_weights(at, ring)
         estimate = interpolate(at, rows, ring)
         out.append({"ring": [row_of[p] for p in ring], "weights": weights.tolist(),
                     "estimate": {k: (v if math.isfinite(v) else None) for k, v in estimate.items()},
@@ -109,7 +118,7 @@ def _inference(grid: Grid, classified: pd.DataFrame) -> list[dict[str, Any] | No
 
 
 def _finished_share(rows: list[pd.Series], weights: np.ndarray) -> float | None:
-    share = _weighted(_finished(rows), weights)
+    share = weighted_mean(finished_shares(rows), weights)
     return share if math.isfinite(share) else None
 
 
