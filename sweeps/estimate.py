@@ -18,9 +18,11 @@ than wall time; on a GPU in wall time after a synchronize.
 
 FLOPs are counted, not assumed: multiply-adds of every convolution and linear layer in
 one forward pass of the trial's own model, built on the meta device (no memory, no
-arithmetic), times 2 (a multiply-add is two FLOPs) and times 3 for a training step
-(forward, input gradients, weight gradients). BatchNorm, ReLU and the optimizer's
-elementwise work are left to the fitted overhead and slope.
+arithmetic; `workers.footprint`), times 2 (a multiply-add is two FLOPs) and times 3 for
+a training step (forward, input gradients, weight gradients). BatchNorm, ReLU and the
+optimizer's elementwise work are left to the fitted overhead and slope. Evaluation and
+metrics are priced in forward passes: each metric's registry entry carries its cost
+model (`workers.metrics.Cost`), and one without is named as left out.
 
 On a CPU the steps run with `threads` torch threads (default 1, what a sweep's trial
 gets with `--cpus-per-trial 1`), so the hours are CPU core-hours.
@@ -28,37 +30,33 @@ gets with `--cpus-per-trial 1`), so the hours are CPU core-hours.
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 
 from sweeps.pairs import PairPlan, plan_pairs
 from workers.augment import Augment
 from workers.catalog import TrialConfig
 from workers.data import DATASETS, Splits
 from workers.fast_path import FastPath
-from workers.metrics.common import parameter_groups
-from workers.metrics.interpolation import alpha_grid
-from workers.models import build_model
+from workers.footprint import TRAIN_PASSES, footprint
+from workers.metrics import METRICS
 from workers.packing.modules import pack
 from workers.packing.optim import build_packed_optimizer
 from workers.packing.plan import PackPlan, PackPolicy, plan_packs
 from workers.packing.train import PackedUpdate, pack_fast_path, train_packed_epoch
+from workers.pair_metrics import PAIR_METRICS, pair_metrics
 from workers.pairwise import fit_bend, trainable_weights
+from workers.registry import Registry
 from workers.runtime import new_model, seed_everything
 from workers.train import train_epoch
 from workers.trial import training_hooks
 
-TRAIN_PASSES = 3  # a training step: forward + input gradients + weight gradients, each ~ one forward
-HVP_PASSES = 2  # assumed: one Hessian-vector product ~ two training passes (double backward)
-LANCZOS_STEPS = 10  # assumed HVPs per top eigenvalue (README: 5-8 at tol 1e-2; max_iter caps it)
 REPEATS = 3  # timed epochs per shape, after one warm-up epoch; the median counts
 TARGET_EPOCH_S = 0.3  # steps per timed epoch are chosen to take about this long
 MIN_STEPS, MAX_STEPS, FIRST_STEPS = 1, 20, 5
@@ -70,29 +68,11 @@ SHARES = {"solo": 0.5, "packed": 0.4, "bezier": 0.1}  # of the timing budget; so
 # ---------------------------------------------------------------- FLOPs and steps
 
 
-@functools.cache
 def forward_macs(model: str, width: int, shape: tuple[int, ...], classes: int, batchnorm: bool = True) -> int:
     """Multiply-adds of one sample's forward pass through the conv and linear layers,
-    counted with forward hooks on the model built on the meta device, so that a width-128
-    model costs nothing to count."""
-    with torch.device("meta"):
-        net = build_model(model, width, tuple(shape), classes, batchnorm=batchnorm)
-        x = torch.empty(1, *shape)
-    total = 0
-
-    def count(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            total += output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
-        else:
-            total += output.numel() * module.in_features
-
-    for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            module.register_forward_hook(count)
-    with torch.no_grad():
-        net.eval()(x)  # eval: BatchNorm takes a batch of one even at 1x1 pixels
-    return total
+    counted on the model built on the meta device, so that a width-128 model costs
+    nothing to count."""
+    return footprint(model, width, tuple(shape), classes, batchnorm).macs
 
 
 def forward_flops(cfg: TrialConfig) -> float:
@@ -362,57 +342,33 @@ def bezier_shapes(pairs: Sequence[PairPlan]) -> list[Shape]:
 # ---------------------------------------------------------------- per-model and per-pair work
 
 
-def _n_groups(cfg: TrialConfig, specs: tuple[str, ...], name: str) -> int:
-    """How many parameter groups a metric's `groups` option makes on this model."""
-    if not specs:
-        return 0
-    meta = DATASETS.meta(cfg.data.dataset)
-    return _count_groups(cfg.model.model, tuple(meta["shape"]), meta["classes"], cfg.model.batchnorm, specs, name)
-
-
-@functools.cache
-def _count_groups(model: str, shape: tuple[int, ...], classes: int, batchnorm: bool, specs: tuple[str, ...],
-                  name: str) -> int:
-    """Groups depend on parameter names only: counted once on a width-1 meta model."""
-    with torch.device("meta"):
-        net = build_model(model, 1, shape, classes, batchnorm=batchnorm)
-    return len(parameter_groups(net, specs, name))
+def _costed(registry: Registry, names: Iterable[str], cfg: TrialConfig,
+            section: str | None = None) -> tuple[float, list[str]]:
+    """Forward-pass equivalents of the metrics `names` of `registry` on `cfg`, each from
+    the cost model on its entry with its own options section (or all of them
+    `section`), and the names of those that carry none."""
+    passes, missing = 0.0, []
+    for name in names:
+        cost = registry.meta(name)["cost"]
+        if cost is None:
+            missing.append(name)
+        else:
+            passes += cost.passes(cfg.sections[section or name], cfg)
+    return passes, missing
 
 
 def metric_samples(cfg: TrialConfig) -> tuple[float, list[str]]:
     """Forward-pass equivalents (samples x passes) of one model's evaluation and metrics,
-    and the names of selected metrics this estimate does not model."""
+    and the names of selected metrics without a cost model."""
     n_train, n_test = cfg.data.n_train(), DATASETS.meta(cfg.data.dataset)["n_test"]
-    passes = float(n_train + n_test)  # final evaluation on both splits
-    missing = []
-    for name in cfg.measure.metrics:
-        options = cfg.sections[name]
-        if name == "hessian":
-            hvps = min(options.max_iter, LANCZOS_STEPS * options.top_k) + options.trace_probes
-            hvps += options.density_runs * options.density_steps
-            hvps *= 1 + _n_groups(cfg, options.groups, "hessian.groups")
-            passes += min(options.n_samples, n_train) * TRAIN_PASSES * (1 + HVP_PASSES * hvps)
-        elif name == "interpolation":
-            points = len(alpha_grid(options.points, options.extend))
-            points += _n_groups(cfg, options.groups, "interpolation.groups") * options.group_points * len(options.others_at)
-            per_point = 2 + (options.bn_stats == "recompute")  # train and test subsets (+ BN statistics)
-            passes += points * per_point * min(options.eval_samples, n_train)
-        else:
-            missing.append(name)
-    return passes, missing
+    passes, missing = _costed(METRICS, cfg.measure.metrics, cfg)
+    return n_train + n_test + passes, missing  # final evaluation on both splits, then the metrics
 
 
-def pair_samples(pair: PairPlan) -> float:
-    """Forward-pass equivalents of one pair's similarity and, with mc, its curve's
-    evaluation (BatchNorm statistics on the training set, then both splits, per point);
-    the curve's fit is priced by the Bezier step model."""
-    cfg = pair.a
-    options = cfg.pairs
-    passes = 2.0 * min(options.cka_samples, cfg.data.n_train())
-    if pair.with_mc:
-        n_train, n_test = cfg.data.n_train(), DATASETS.meta(cfg.data.dataset)["n_test"]
-        passes += options.bezier_points * (2 * n_train + n_test)
-    return passes
+def pair_samples(pair: PairPlan) -> tuple[float, list[str]]:
+    """Forward-pass equivalents of one pair's metrics (the Bezier curve's fit is priced
+    by the Bezier step model), and the names of those without a cost model."""
+    return _costed(PAIR_METRICS, pair_metrics(pair.with_mc), pair.a, "pairs")
 
 
 # ---------------------------------------------------------------- projection
@@ -528,25 +484,31 @@ def project(trials: Sequence[TrialConfig], plans: Sequence[PackPlan], pairs: Seq
         missing.update(unmodelled)
     names = sorted({m for c in trials for m in c.measure.metrics} - missing)
     parts[f"evaluation + metrics ({', '.join(names) or 'none'})"] = (metric_s, metric_s)
+    pair_s = 0.0
+    for pair in pairs:
+        passes, unmodelled = pair_samples(pair)
+        pair_s += forward_seconds(pair.a, passes, solo)
+        missing.update(unmodelled)
     notes = [f"metrics not modelled (left out): {', '.join(sorted(missing))}"] if missing else []
     with_mc = [p for p in pairs if p.with_mc]
     if pairs:
-        similarity = sum(forward_seconds(p.a, pair_samples(p), solo) for p in pairs)
         fits = _bezier_seconds(pairs, models["bezier"]) if with_mc else 0.0
         label = f"seed pairs: {len(pairs)} (CKA, L2), {len(with_mc)} Bezier fits"
         if with_mc:
             epochs = sorted({p.a.pairs.bezier_epochs for p in with_mc})
             batches = sorted({bezier_batch(p.a) for p in with_mc})
             label += f" ({'/'.join(map(str, epochs))} ep. at batch {'/'.join(map(str, batches))})"
-        parts[label] = (fits + similarity, fits + similarity)
+        parts[label] = (fits + pair_s, fits + pair_s)
     return parts, notes
 
 
-def _assumption_notes(timings: list[Timing], models: dict[str, StepModel], threads: int, device: str) -> list[str]:
-    """What the projection assumes beyond the timed steps, for the printout."""
-    notes = [f"training step = {TRAIN_PASSES} forward passes of counted conv/linear FLOPs; "
-             f"a Hessian-vector product = {HVP_PASSES} training passes, {LANCZOS_STEPS} Lanczos steps "
-             "per eigenvalue plus the trace probes"]
+def _assumption_notes(trials: Sequence[TrialConfig], timings: list[Timing], models: dict[str, StepModel],
+                      threads: int, device: str) -> list[str]:
+    """What the projection assumes beyond the timed steps, for the printout: the
+    training step's passes and what the grid's metrics' cost models assume."""
+    metrics = dict.fromkeys(m for c in trials for m in c.measure.metrics)
+    assumed = [cost.assumes for cost in (METRICS.meta(m)["cost"] for m in metrics) if cost and cost.assumes]
+    notes = ["; ".join([f"training step = {TRAIN_PASSES} forward passes of counted conv/linear FLOPs", *assumed])]
     if "bezier" in models:
         ratios = [t.seconds / models["solo"].seconds(t.shape.flops) for t in timings if t.shape.kind == "bezier"]
         notes.append("Bezier step = training step's FLOPs at the solo s/GFLOP plus its own overhead; timed at "
@@ -588,7 +550,7 @@ def estimate(trials: list[TrialConfig], policy: PackPolicy, device: str = "cpu",
     finally:
         torch.set_num_threads(saved_threads)
     parts, notes = project(trials, plans, pairs, models)
-    notes += [_sensitivity(trials, timings, models["solo"]), *_assumption_notes(timings, models, threads, device)]
+    notes += [_sensitivity(trials, timings, models["solo"]), *_assumption_notes(trials, timings, models, threads, device)]
     return Estimate(device, threads, len(trials), time.perf_counter() - started, timings, models, parts, notes)
 
 

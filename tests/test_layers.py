@@ -16,7 +16,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     0: ("workers", "workers.errors", "workers.registry", "workers.safe_pickle", "workers.seal", "workers.storage"),
     1: ("workers.config",),
     2: ("workers.data", "workers.models", "workers.records", "workers.tables", "workers.lineage", "workers.checkpoints",
-        "workers.augment", "workers.fast_path", "workers.mc", "workers.live"),
+        "workers.augment", "workers.fast_path", "workers.mc", "workers.live", "workers.footprint"),
     3: ("workers.train",),
     4: ("workers.alig", "workers.optim", "workers.late_phase", "workers.swa", "workers.pairwise",
         "workers.metrics", "workers.metrics.common", "workers.metrics.hessian", "workers.metrics.interpolation",

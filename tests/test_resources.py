@@ -15,7 +15,8 @@ import textwrap
 import pytest
 
 from sweeps.cli import main
-from sweeps.resources import AUTO, GPU_RULES, WHOLE_GPU, gpu_fraction, job_gpus
+from sweeps.resources import AUTO, WHOLE_GPU, gpu_fraction, job_gpus
+from workers.models import MODELS
 
 
 @pytest.mark.parametrize(("width", "share"), [(1, 0.25), (8, 0.25), (9, 0.5), (32, 0.5), (33, 1.0), (128, 1.0)])
@@ -24,7 +25,7 @@ def test_resnet_share_by_width(width, share):
 
 
 def test_shares_never_shrink_as_width_grows():
-    for model in GPU_RULES:
+    for model in MODELS.names():
         shares = [gpu_fraction(model, w) for w in range(1, 200)]
         assert shares == sorted(shares) and all(0 < s <= 1 for s in shares)
 

@@ -1,6 +1,13 @@
 """Models by name. Every entry is built as `builder(width, shape, num_classes, batchnorm)`,
 where `shape` is one input's (C, H, W); entries with BatchNorm say so (`norm="batchnorm"`).
 
+An entry declares its GPU share under `--gpus-per-trial auto` (`sweeps.resources`):
+`gpu_share=((largest width, GPU fraction per trial), ...)` in increasing width, the
+first row covering the width wins; a model without one gets a whole GPU (unknown cost:
+always safe). Small models leave a GPU mostly idle (their step time is bound by kernel
+launches, not arithmetic), so several share one. Parameter count, FLOPs and activation
+memory need no declaration: `workers.footprint` counts them on the built model.
+
 `resnet18k` is the taxonomy paper's ResNet18 of width k: BasicBlock stages of widths
 (k, 2k, 4k, 8k), 3x3 stride-1 stem, no max-pool, global average pool, linear head.
 k = 64 on 32x32 RGB with 10 classes is the standard ResNet18 (11,173,962 parameters).
@@ -14,6 +21,7 @@ checkpoint (a pretrained start).
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -100,12 +108,17 @@ class ResNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-@MODELS.register("resnet18k", norm="batchnorm")
+# ResNet18-k's compute grows as k^2 and its activation memory as k (channels k to 8k): up
+# to k = 8 it has <= 1/64 of ResNet18's FLOPs (4 per GPU), up to 32 <= 1/4 (2 per GPU),
+# beyond it nears a full GPU at batch size 128. The thresholds are 16x steps in compute.
+# Each trial also keeps its dataset on the GPU (CIFAR-10 as float32: 0.7 GB), so four
+# trials on a 24 GB card leave ample room for activations at batch size 1024.
+@MODELS.register("resnet18k", norm="batchnorm", gpu_share=((8, 0.25), (32, 0.5), (math.inf, 1.0)))
 def resnet18k(width: int, shape: tuple[int, int, int], num_classes: int, batchnorm: bool = True) -> nn.Module:
     return ResNet((2, 2, 2, 2), width, shape[0], num_classes, batchnorm)
 
 
-@MODELS.register("mlp")
+@MODELS.register("mlp", gpu_share=((math.inf, 0.25),))  # a few dense layers: 4 per GPU
 def mlp(width: int, shape: tuple[int, int, int], num_classes: int, batchnorm: bool = True) -> nn.Module:
     """Two hidden layers of `width` units: a cheap model for tests and quick studies.
     It has no BatchNorm, so `batchnorm` changes nothing."""

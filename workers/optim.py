@@ -2,7 +2,9 @@
 
 An optimizer entry is `builder(params, cfg: TrialConfig) -> torch.optim.Optimizer`;
 each optimizer reads its own options (`lr` for SGD, the `adam` and `alig` sections), so
-one grid can compare them. A schedule entry is `factor(cfg: OptimConfig, epochs) ->
+one grid can compare them. It declares `state`: the parameter-sized tensors it keeps
+per parameter (SGD's and ALI-G's momentum buffer: 1, counted even at momentum 0; Adam's
+two moments: 2), which the memory check adds to the weights and their gradients. A schedule entry is `factor(cfg: OptimConfig, epochs) ->
 (epoch -> lr multiplier)`. The lr changes once per epoch and is a function of the epoch
 number alone, so a resumed trial recomputes it without scheduler state.
 """
@@ -22,7 +24,7 @@ from workers.errors import ConfigError
 from workers.registry import Registry
 from workers.train import Hook
 
-OPTIMIZERS = Registry("optimizer")
+OPTIMIZERS = Registry("optimizer", requires=("state",))
 SCHEDULES = Registry("schedule")
 
 
@@ -75,27 +77,27 @@ class AdamConfig(Section):
 Params = Iterable[torch.nn.Parameter]
 
 
-@OPTIMIZERS.register("sgd")
+@OPTIMIZERS.register("sgd", state=1)
 def sgd(params: Params, cfg: TrialConfig) -> torch.optim.Optimizer:
     o = cfg.optim
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
-@OPTIMIZERS.register("adam")
+@OPTIMIZERS.register("adam", state=2)
 def adam(params: Params, cfg: TrialConfig) -> torch.optim.Optimizer:
     a = cfg.adam
     return torch.optim.Adam(params, lr=a.lr, betas=(a.beta1, a.beta2), eps=a.eps,
                             weight_decay=cfg.optim.weight_decay)
 
 
-@OPTIMIZERS.register("adamw")
+@OPTIMIZERS.register("adamw", state=2)
 def adamw(params: Params, cfg: TrialConfig) -> torch.optim.Optimizer:
     a = cfg.adam
     return torch.optim.AdamW(params, lr=a.lr, betas=(a.beta1, a.beta2), eps=a.eps,
                              weight_decay=cfg.optim.weight_decay)
 
 
-@OPTIMIZERS.register("alig", scheduled=False)  # the paper uses no lr schedule
+@OPTIMIZERS.register("alig", state=1, scheduled=False)  # the paper uses no lr schedule
 def alig(params: Params, cfg: TrialConfig) -> torch.optim.Optimizer:
     a = cfg.alig
     return AliG(params, max_lr=a.max_lr, momentum=cfg.optim.momentum, delta=a.delta, max_norm=a.max_norm)

@@ -2,6 +2,10 @@
 
 A registry is the single place that knows which datasets, models, optimizers, schedules
 and metrics exist; a typo in a spec fails with the list of valid names and a suggestion.
+An entry also declares what the code around it needs to know without running it (an
+optimizer's state size, a metric's cost model): the plug-in is then one file, and a
+registry that `requires` a declaration refuses an entry without it when its module is
+imported, instead of a sweep leaving it out later.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from workers.errors import ConfigError
 class Registry:
     """Maps names to builders, with optional metadata per entry."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, requires: tuple[str, ...] = ()) -> None:
         self.kind = kind
+        self.requires = requires  # metadata every entry must declare
         self._builders: dict[str, Callable[..., Any]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
 
@@ -26,11 +31,16 @@ class Registry:
 
         def add(fn: Callable[..., Any]) -> Callable[..., Any]:
             assert name not in self._builders, f"{self.kind} {name!r} registered twice"
+            missing = [key for key in self.requires if key not in meta]
+            assert not missing, f"{self.kind} {name!r} must declare {', '.join(missing)}"
             self._builders[name] = fn
             self._meta[name] = meta
             return fn
 
         return add
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._builders
 
     def names(self) -> list[str]:
         return sorted(self._builders)

@@ -1,11 +1,24 @@
 """Per-model landscape metrics, by name.
 
 A metric entry is `measure(model, options, context) -> Measurement`, registered
-with `METRICS.register(name, options=OptionsSection)` in its own module
-(`workers.metrics.hessian`, ...); its options section is addressed in a spec as
-`name.field` (e.g. `hessian.n_samples=2000`). `workers.catalog` imports every metric
-module. Metrics run on the final model after training, or later on stored checkpoints
-(see `workers.trial`). `MeasureConfig` says which metrics a trial measures.
+in its own module (`workers.metrics.hessian`, ...) with everything the code around it
+needs to know without running it:
+
+    @METRICS.register(name, options=OptionsSection, cost=Cost(...), memory=need, live=(...))
+
+- `options`: its section, addressed in a spec as `name.field` (`hessian.n_samples=2000`);
+- `cost`: its cost model for `--estimate` (`Cost`); None: not modelled, and the
+  estimate says it left the metric out;
+- `memory`: `need(options, cfg) -> workers.footprint.Need`, what measuring one model
+  holds on the device at once, for the memory check before a sweep; None: no more than
+  training;
+- `live`: the names of its scalars a job reports when it ends (to Ray Tune, the driver's
+  lines and the trackers of `--log`), as record columns `<name>_<scalar>`
+  (`live_columns`); the records always hold every scalar.
+
+`workers.catalog` imports every metric module. Metrics run on the final model after
+training, or later on stored checkpoints (see `workers.trial`). `MeasureConfig` says
+which metrics a trial measures.
 """
 
 from __future__ import annotations
@@ -23,7 +36,26 @@ if TYPE_CHECKING:
 
     from workers.data import Splits
 
-METRICS = Registry("metric")
+METRICS = Registry("metric", requires=("cost", "memory", "live"))
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A metric's cost model for `--estimate` (`sweeps.estimate`). `passes(options, cfg)`
+    is the work of measuring one model (a pair metric: one pair) in forward-pass
+    equivalents, samples x passes through the model (a training pass, forward and
+    backward, is `workers.footprint.TRAIN_PASSES` of them); the estimate prices them at
+    the seconds per FLOP it timed. `assumes` is what the model takes for granted beyond
+    counting, printed under the estimate."""
+
+    passes: Callable[[Any, TrialConfig], float]
+    assumes: str = ""
+
+
+def live_columns() -> tuple[str, ...]:
+    """The record columns of every metric's `live` scalars, in registration order: what
+    a job reports of its metrics when it ends."""
+    return tuple(f"{name}_{scalar}" for name in METRICS.registered() for scalar in METRICS.meta(name)["live"])
 
 
 @section("measure", training=False)

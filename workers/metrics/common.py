@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from workers.config import TrialConfig
 from workers.errors import ConfigError
+from workers.footprint import model_footprint
 from workers.train import evaluate
 
 if TYPE_CHECKING:
@@ -137,6 +139,14 @@ def parameter_groups(model: nn.Module, specs: tuple[str, ...], field: str) -> di
                                          f"Modules: {modules}")
             groups[spec] = matched
     return groups
+
+
+def group_count(cfg: TrialConfig, specs: tuple[str, ...], field: str) -> int:
+    """How many groups `specs` make on `cfg`'s model, for a metric's cost model: groups
+    depend on parameter names only, so they are counted on its width-1 meta model."""
+    if not specs:
+        return 0
+    return len(parameter_groups(model_footprint(cfg, width=1).net, specs, field))
 
 
 def check_group_specs(specs: tuple[str, ...], field: str) -> None:

@@ -47,20 +47,26 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workers.config import Section, option, section
+from workers.config import Section, TrialConfig, option, section
 from workers.errors import ConfigError
-from workers.metrics import METRICS, Measurement, MetricContext
+from workers.footprint import TRAIN_PASSES, Need
+from workers.metrics import METRICS, Cost, Measurement, MetricContext
 from workers.metrics.common import (
     NAN,
     check_group_specs,
     curve_row,
     fixed_subset,
+    group_count,
     parameter_groups,
     same_columns,
     trainable,
 )
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
+
+# The cost model's two assumptions (`--estimate`), where counting cannot settle them.
+HVP_PASSES = 2  # one Hessian-vector product ~ two training passes (double backward)
+LANCZOS_STEPS = 10  # HVPs per top eigenvalue (5-8 measured at tol 1e-2, above; max_iter caps it)
 
 
 @section("hessian", prefix="hessian", training=False)
@@ -371,7 +377,26 @@ def spectrum(operator: HessianOperator, options: HessianOptions, generator: torc
     return Spectrum(krylov, trace)
 
 
-@METRICS.register("hessian", options=HessianOptions)
+def passes(options: HessianOptions, cfg: TrialConfig) -> float:
+    """Forward-pass equivalents of one measurement: a gradient over the subset, then
+    every HVP (Lanczos, trace probes, density runs; all again per group) at HVP_PASSES
+    training passes each."""
+    hvps = min(options.max_iter, LANCZOS_STEPS * options.top_k) + options.trace_probes
+    hvps += options.density_runs * options.density_steps
+    hvps *= 1 + group_count(cfg, options.groups, "hessian.groups")
+    return min(options.n_samples, cfg.data.n_train()) * TRAIN_PASSES * (1 + HVP_PASSES * hvps)
+
+
+def memory(options: HessianOptions, cfg: TrialConfig) -> Need:
+    """At least: the model, the gradient and top_k Lanczos vectors (it keeps every one
+    for reorthogonalisation), and the double-backward graph of one chunk."""
+    return Need(2 + options.top_k, min(options.chunk_size, options.n_samples, cfg.data.n_train()),
+                "hessian.chunk_size")
+
+
+@METRICS.register("hessian", options=HessianOptions, memory=memory, live=("top_eigenvalue", "trace"),
+                  cost=Cost(passes, f"a Hessian-vector product = {HVP_PASSES} training passes, {LANCZOS_STEPS} "
+                                    "Lanczos steps per eigenvalue plus the trace probes"))
 def measure(model: nn.Module, options: HessianOptions, context: MetricContext) -> Measurement:
     """Hessian scalars of the whole model; per-group rows and the density as curves."""
     splits = context.splits

@@ -33,10 +33,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.config import Section, option, section
+from workers.config import Section, TrialConfig, option, section
 from workers.errors import ConfigError
-from workers.metrics import METRICS, Measurement, MetricContext
-from workers.metrics.common import EvalSets, check_group_specs, curve_row, parameter_groups, state_keys
+from workers.footprint import Need
+from workers.metrics import METRICS, Cost, Measurement, MetricContext
+from workers.metrics.common import (
+    EvalSets,
+    check_group_specs,
+    curve_row,
+    group_count,
+    parameter_groups,
+    state_keys,
+)
 from workers.train import recompute_bn
 
 State = dict[str, torch.Tensor]
@@ -179,7 +187,21 @@ def _shape_scalars(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return scalars
 
 
-@METRICS.register("interpolation", options=InterpolationOptions)
+def passes(options: InterpolationOptions, cfg: TrialConfig) -> float:
+    """Forward-pass equivalents of one measurement: every point of the full and the
+    layer-wise paths evaluated on both subsets (plus the BatchNorm statistics pass)."""
+    points = len(alpha_grid(options.points, options.extend))
+    points += group_count(cfg, options.groups, "interpolation.groups") * options.group_points * len(options.others_at)
+    per_point = 2 + (options.bn_stats == "recompute")  # train and test subsets (+ BN statistics)
+    return points * per_point * min(options.eval_samples, cfg.data.n_train())
+
+
+def memory(options: InterpolationOptions, cfg: TrialConfig) -> Need:
+    """The model, the working model and theta_0 and theta_T; evaluation keeps no graph."""
+    return Need(4, 0, "interpolation.eval_samples")
+
+
+@METRICS.register("interpolation", options=InterpolationOptions, cost=Cost(passes), memory=memory, live=())
 def measure(model: nn.Module, options: InterpolationOptions, context: MetricContext) -> Measurement:
     """Full and layer-wise interpolation curves between theta_0 and theta_T."""
     groups = parameter_groups(model, options.groups, "interpolation.groups")

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.config import Section, option, section
+from workers.config import Section, TrialConfig, option, section
 from workers.errors import ConfigError
+from workers.footprint import Need
 from workers.metrics import METRICS, Measurement, MetricContext
 from workers.metrics.common import EvalSets, curve_row, trainable
 
@@ -75,7 +76,14 @@ def _rise(rows: list[dict[str, Any]], centre: float) -> tuple[float, float]:
     return float(rises.max()), float(rises.mean())
 
 
-@METRICS.register("surface", options=SurfaceOptions)
+def memory(options: SurfaceOptions, cfg: TrialConfig) -> Need:
+    """The model, theta_T, two directions, the shifted state and the working model;
+    evaluation keeps no graph."""
+    return Need(6, 0, "surface.eval_samples")
+
+
+# No cost model yet: `--estimate` names it among the metrics it leaves out.
+@METRICS.register("surface", options=SurfaceOptions, cost=None, memory=memory, live=())
 def measure(model: nn.Module, options: SurfaceOptions, context: MetricContext) -> Measurement:
     """1D and 2D slices of the loss around theta_T; the rise of the training loss above
     its value at theta_T (max and mean over each grid) as scalars."""

@@ -2,9 +2,11 @@
 
 The same shape as the per-model metrics (`workers.metrics`): an entry is
 `measure(model_a, model_b, options, context) -> PairMeasurement`, registered with
-`PAIR_METRICS.register(name, scalars=(...), mc_only=...)` in its own module
-(`similarity`: CKA and L2 on every pair; `bezier`: mode connectivity on the first
-`pairs.mc_pairs` pairs of a cell). `workers.pair_trial` runs them and writes the
+`PAIR_METRICS.register(name, scalars=(...), live=(...), cost=..., memory=..., mc_only=...)`
+in its own module (`similarity`: CKA and L2 on every pair; `bezier`: mode connectivity
+on the first `pairs.mc_pairs` pairs of a cell). `scalars` are the columns it fills in
+the pairs row; `live`, `cost` and `memory` mean what they mean for a per-model metric,
+with `options` the `pairs` section and `cfg` the lower seed's config. `workers.pair_trial` runs them and writes the
 records; `workers.catalog` imports every module. Their options are one section,
 `pairs.*` (below), because the pair's record key hashes them together.
 """
@@ -19,7 +21,7 @@ from workers.data import Splits
 from workers.metrics import Measurement
 from workers.registry import Registry
 
-PAIR_METRICS = Registry("pair metric")
+PAIR_METRICS = Registry("pair metric", requires=("scalars", "live", "cost", "memory"))
 
 
 @section("pairs", prefix="pairs", training=False)
@@ -70,3 +72,8 @@ def pair_metrics(with_mc: bool) -> list[str]:
     """The metrics a pair measures, in registration order: all of them, or those that
     need no curve fit when the pair is not one of its cell's mode-connectivity pairs."""
     return [name for name in PAIR_METRICS.registered() if with_mc or not PAIR_METRICS.meta(name).get("mc_only")]
+
+
+def live_columns() -> tuple[str, ...]:
+    """The pairs-row columns every pair metric reports live, in registration order."""
+    return tuple(scalar for name in PAIR_METRICS.registered() for scalar in PAIR_METRICS.meta(name)["live"])

@@ -12,13 +12,32 @@ from torch import nn
 
 from workers import pairwise
 from workers.augment import Augment
+from workers.config import TrialConfig
+from workers.data import DATASETS
+from workers.footprint import Need
 from workers.mc import curve_summary
+from workers.metrics import Cost
 from workers.pair_metrics import PAIR_METRICS, PairConfig, PairContext, PairMeasurement
 
 CURVE_COLUMNS = ("t", "split", "loss", "acc", "err")  # what the summary reads of a stored curve
 
 
-@PAIR_METRICS.register("bezier", scalars=("mc", "mc_loss", "mc_test", "bezier_objective"), mc_only=True)
+def passes(options: PairConfig, cfg: TrialConfig) -> float:
+    """The curve's evaluation: per point, BatchNorm statistics on the training set,
+    then both splits. Its fit is training, which `sweeps.estimate` times as a step of its
+    own (the Bezier step)."""
+    n_train, n_test = cfg.data.n_train(), DATASETS.meta(cfg.data.dataset)["n_test"]
+    return options.bezier_points * (2 * n_train + n_test)
+
+
+def memory(options: PairConfig, cfg: TrialConfig) -> Need:
+    """At least: the two models, the curve's module, the bend with its gradient and
+    momentum, and the point theta(t); the graph of one curve batch."""
+    return Need(7, min(options.bezier_batch_size, cfg.data.n_train()), "pairs.bezier_batch_size")
+
+
+@PAIR_METRICS.register("bezier", scalars=("mc", "mc_loss", "mc_test", "bezier_objective"), live=("mc", "mc_loss", "mc_test"),
+                       cost=Cost(passes), memory=memory, mc_only=True)
 def bezier(model_a: nn.Module, model_b: nn.Module, options: PairConfig, context: PairContext) -> PairMeasurement:
     """Fit and evaluate the curve, or summarise the one stored before a crash."""
     if context.stored_curve is not None:  # the fit's objective rides on every point of its curve
