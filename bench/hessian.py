@@ -170,8 +170,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     for case, make in (("a", random_rgb_case), ("b", demo_case)):
         model, x, y = make()
         figures |= {f"{case}.{k}": v for k, v in compare(model, x, y, repeats).items()}
-    figures["target_met"] = all(figures[f"{c}.eig.hvp_ratio"] >= TARGET_HVP_RATIO
-                                and figures[f"{c}.eig.wall_ratio"] >= TARGET_WALL_RATIO for c in "ab")
+    figures |= {"target_hvp_ratio": TARGET_HVP_RATIO, "target_wall_ratio": TARGET_WALL_RATIO}
+    for case in "ab":  # the README's table says which of the two each case meets
+        figures[f"{case}.eig.hvp_target_met"] = figures[f"{case}.eig.hvp_ratio"] >= TARGET_HVP_RATIO
+        figures[f"{case}.eig.wall_target_met"] = figures[f"{case}.eig.wall_ratio"] >= TARGET_WALL_RATIO
+    figures["target_met"] = all(v for k, v in figures.items() if k.endswith("_target_met"))
     return figures
 
 

@@ -212,6 +212,9 @@ def report(figures: dict[str, Any]) -> None:
 if __name__ == "__main__":
     import argparse
 
+    from bench import record
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer pairs of runs (< 3 min)")
-    report(run(parser.parse_args().quick))
+    quick = parser.parse_args().quick
+    report(record("packing", run(quick), quick))

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from bench import record
+
 ARCHIVE = Path(__file__).resolve().parent.parent / "tests" / "data" / "yang2021_results.tar.gz"
 COPIES = 10  # the large case: the paper's grid under this many label_noise values
 EPOCHS, POINTS, STAGE_POINTS = 100, 21, 5
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the paper's size only")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.quick), indent=1))
+    print(json.dumps(record("report_page", run(args.quick), args.quick), indent=1))
     return 0
 
 

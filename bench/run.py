@@ -1,4 +1,4 @@
-"""Run every benchmark of the project, print one table, write bench/results.json.
+"""Run every benchmark of the project, print one table, record it in bench/results.json.
 
     python bench/run.py [--quick]
     python bench/run.py --gpu          # only the GPU benchmark: bench/results-gpu.json
@@ -6,7 +6,9 @@
 Each benchmark runs in its own Python process (its own Ray session and thread
 settings) through its `run(quick) -> dict` function; every figure it reports is a ratio
 against a baseline measured in the same run, or an absolute figure next to its target.
-A benchmark's `headline`, if it returns one (`bench/startup.py`: "start-up: ... s to plan
+Each benchmark's figures replace its own entry in `bench/results.json` (`bench.record`:
+dated, with the machine; a full run under `full`), and `python bench/readme.py` renders
+the README's tables from them. A benchmark's `headline`, if it returns one (`bench/startup.py`: "start-up: ... s to plan
 a rerun of 10,000 models with nothing to do"), is printed as a line of its own.
 `--gpu` runs `bench/gpu.py` (one CUDA device; a tiny CPU fallback without one) in its
 own process, its progress on this terminal. This script imports no Ray: the GPU machine
@@ -18,16 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import RESULTS, machine, record
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = ("throughput", "packing", "metric_cost", "hessian", "orchestration", "scale", "refine", "startup",
-           "report_page")
+           "report_page", "drift", "trial_profile")
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:
@@ -59,10 +62,6 @@ def flatten(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
-def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller grids and fewer repeats (< 10 min)")
@@ -78,11 +77,12 @@ def main() -> None:
             print(f"| gpu | {key} | {value} |")
         print(f"\nwritten to {args.out}")
         return
-    results: dict[str, Any] = {"machine": machine(), "quick": args.quick,
-                               "date": time.strftime("%Y-%m-%d %H:%M")}
+    results: dict[str, Any] = {}
     for name in args.only or BENCHES:
         print(f"running {name} ...", flush=True)
         results[name] = run_one(name, args.quick)
+        if "error" not in results[name]:  # a failed run leaves the last good figures in place
+            record(name, results[name], args.quick)
     print("\n| benchmark | figure | value |\n|---|---|---|")
     for name in args.only or BENCHES:
         for key, value in flatten(results[name]):
@@ -91,11 +91,7 @@ def main() -> None:
     for name in args.only or BENCHES:
         if "headline" in results[name]:  # a figure the issues quote as a line of its own
             print(f"\n{results[name]['headline']}")
-    path = ROOT / "bench" / "results.json"
-    if args.only and path.exists():  # a partial run updates the figures it measured
-        results = {**json.loads(path.read_text()), **results}
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nmachine: {results['machine']}; written to bench/results.json")
+    print(f"\nmachine: {machine()}; recorded in {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

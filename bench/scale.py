@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench import record
 from bench.consolidated import run as table_figures
 
 ROWS = 100_000
@@ -200,7 +201,8 @@ def run(quick: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1,000-trial grid and 500-model records instead of 10,000")
-    figures = run(parser.parse_args(argv).quick)
+    quick = parser.parse_args(argv).quick
+    figures = record("scale", run(quick), quick)
     for part in ("driver", "analysis", "tables_local", "tables_s3", "targets_met"):
         for key, value in figures[part].items():
             print(f"{part}.{key}: {value}")

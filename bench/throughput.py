@@ -9,7 +9,8 @@ accumulated on the device and one host sync per epoch. Runs alternate; the figur
 median over repeats of the ratio of a bare run's time to the trial run next to it, each
 going first in turn (samples/s of the trial / samples/s of the bare loop, target >=
 0.95): this VM's speed drifts within seconds, and adjacent runs see the same speed. The
-samples/s printed beside it are medians over all runs of each loop.
+samples/s printed beside it are medians over all runs of each loop, and `*_range` the
+lowest and highest single ratio (this VM's run-to-run noise).
 
 A third loop is the trial's with per-epoch reporting (`workers.live`): each epoch's
 history row goes to a `JobProgress` that writes the progress file and hands the figures
@@ -95,8 +96,8 @@ def _reporting(model, x, y, batch_size: int, epochs: int) -> float:
 
 def run(quick: bool = False) -> dict[str, Any]:
     torch.set_num_threads(1)
-    figures: dict[str, Any] = {}
     repeats, epochs = (7, 1) if quick else (9, 2)
+    figures: dict[str, Any] = {"repeats": repeats, "epochs": epochs}
     loops = (("bare", _bare), ("trial", _trial), ("reporting", _reporting))  # the trial's neighbours swap
     for width, batch_size in ((4, 32), (16, 128)):
         splits, init, model = _setup(width)
@@ -110,9 +111,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         tag = f"w{width}_b{batch_size}"
         for name, _ in loops:
             figures[f"{tag}_{name}_samples_per_s"] = round(samples / statistics.median(times[name]), 1)
-        figures[f"{tag}_ratio"] = round(statistics.median(b / t for b, t in zip(times["bare"], times["trial"])), 3)
-        figures[f"{tag}_reporting_vs_trial"] = round(
-            statistics.median(t / r for t, r in zip(times["trial"], times["reporting"])), 3)
+        ratios = {"ratio": [b / t for b, t in zip(times["bare"], times["trial"])],
+                  "reporting_vs_trial": [t / r for t, r in zip(times["trial"], times["reporting"])]}
+        for name, values in ratios.items():
+            figures[f"{tag}_{name}"] = round(statistics.median(values), 3)
+            figures[f"{tag}_{name}_range"] = [round(min(values), 3), round(max(values), 3)]
     figures["target_met"] = all(v >= TARGET for k, v in figures.items() if k.endswith("_ratio")) and all(
         v >= REPORTING_TARGET for k, v in figures.items() if k.endswith("_reporting_vs_trial"))
     return figures

@@ -1,0 +1,382 @@
+"""Render the README's figures from bench/results.json, so that no figure is typed by hand.
+
+    python bench/readme.py           # rewrite the rendered parts of README.md in place
+    python bench/readme.py --check   # only compare: exit 1 and show the difference
+
+A rendered part sits between `<!-- results: NAME -->` and `<!-- /results -->` (a table
+on lines of its own, or a phrase inside a sentence); NAME picks its renderer in
+`BLOCKS`. The wording around each figure is kept here, beside the figure's key in
+`bench/results.json`; the prose between the parts stays hand-written. Figures come from
+the latest entry of each benchmark (`bench.record`): a `--quick` run under its name, a
+full run under `full`, and `earlier` for figures of other runs that the README quotes
+beside the latest (ranges over a day's runs, a baseline measured once), each entry with
+its date, machine and, where it was not written by a run of the benchmark, its
+`source`. `tests/test_readme_figures.py` fails when the README and the results disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from bench import RESULTS, load_results
+
+README = RESULTS.parent.parent / "README.md"
+BLOCK = re.compile(r"(<!-- results: (?P<name>[\w-]+) -->)(?P<body>.*?)(<!-- /results -->)", re.S)
+Results = dict[str, Any]
+
+
+def x(value: float, digits: int = 2) -> str:
+    """A ratio: 1.43x, rounded half up as a reader rounds the recorded figure (0.985 -> 0.99x,
+    where binary floating point would give 0.98x)."""
+    return f"{Decimal(repr(value)).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)}x"
+
+
+def sci(value: float) -> str:
+    """A small figure as the README writes it: 2.2e-3."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def num(value: float) -> str:
+    """A count or a figure without trailing zeros, thousands separated: 13.7, 1,005."""
+    return f"{value:,.10g}"
+
+
+def share(value: float) -> str:
+    return "<1%" if value < 0.01 else f"{value:.0%}"
+
+
+def span(values: list[float], fmt: Callable[[float], str], unit: str = "") -> str:
+    """lowest-highest (the unit once, after both: 9-19%), or one figure when they are
+    equal after formatting."""
+    low, high = fmt(min(values)), fmt(max(values))
+    return f"{low}{unit}" if low == high else f"{low}-{high}{unit}"
+
+
+def fixed(digits: int) -> Callable[[float], str]:
+    """A formatter with `digits` decimals (for `span`)."""
+    return lambda value: f"{value:.{digits}f}"
+
+
+def percent(value: float) -> str:
+    """A fraction as a whole percentage, without the sign (for `span`): 0.19 -> 19."""
+    return f"{100 * value:.0f}"
+
+
+def yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def latest(results: Results, name: str) -> dict[str, Any]:
+    """The newer of a benchmark's quick and full entries, for one whose `quick` changes
+    nothing (the metric cost, the drift, the profile, the start-up)."""
+    entries = [e for e in (results.get(name), results.get("full", {}).get(name)) if e]
+    return max(entries, key=lambda e: e["date"])
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(cells) + " |" for cells in (header, *rows)]
+    return "\n\n" + "\n".join([lines[0], "|---" * len(header) + "|", *lines[1:]]) + "\n\n"
+
+
+def hessian_eig_met(h: dict[str, Any], case: str) -> str:
+    hvps, wall = h[f"{case}.eig.hvp_target_met"], h[f"{case}.eig.wall_target_met"]
+    if hvps == wall:
+        return yes(hvps)
+    return "wall yes, HVPs no" if wall else "HVPs yes, wall no"
+
+
+def hessian_rows(r: Results) -> list[list[str]]:
+    full, quick = r["full"]["hessian"], r["hessian"]
+    targets = f"{full['target_hvp_ratio']:g}x HVPs, {full['target_wall_ratio']:g}x wall"
+    a = {k[2:]: v for k, v in full.items() if k.startswith("a.")}
+    b = {k[2:]: v for k, v in full.items() if k.startswith("b.")}
+    qa = {k[2:]: v for k, v in quick.items() if k.startswith("a.")}
+    qb = {k[2:]: v for k, v in quick.items() if k.startswith("b.")}
+    seeds = f"full run, {full['repeats']} seeds"
+    return [
+        [f"Hessian top eigenvalue, (a) ResNet18-8, 256 random 32x32 RGB ({seeds})",
+         "PyHessian `eigenvalues(maxIter=100, tol=1e-3)`",
+         f"{x(a['eig.hvp_ratio'], 1)} fewer HVPs ({num(a['eig.hvps_ours'])} vs {num(a['eig.hvps_pyhessian'])}), "
+         f"{x(a['eig.wall_ratio'])} less wall time (`--quick`, {quick['repeats']} seed: "
+         f"{x(qa['eig.hvp_ratio'], 1)}, {x(qa['eig.wall_ratio'])}); rel. diff {sci(a['eig.rel_diff'])}; "
+         f"rel. error vs a tight reference {sci(a['eig.rel_err_ours'])} (ours) vs "
+         f"{sci(a['eig.rel_err_pyhessian'])} (PyHessian); at PyHessian's accuracy ours needs "
+         f"{num(a['eig.hvps_ours_at_matched'])} HVPs "
+         f"({x(a['eig.hvps_pyhessian'] / a['eig.hvps_ours_at_matched'], 1)})",
+         targets, hessian_eig_met(full, "a")],
+        [f"Hessian top eigenvalue, (b) demo model (ResNet18-16, digits) ({seeds})", "same",
+         f"{x(b['eig.hvp_ratio'], 1)} fewer HVPs ({num(b['eig.hvps_ours'])} vs {num(b['eig.hvps_pyhessian'])}), "
+         f"{x(b['eig.wall_ratio'], 1)} less wall time (`--quick`: {x(qb['eig.hvp_ratio'], 1)}, "
+         f"{x(qb['eig.wall_ratio'], 1)}); rel. diff {sci(b['eig.rel_diff'])}; rel. error "
+         f"{sci(b['eig.rel_err_ours'])} (ours) vs {sci(b['eig.rel_err_pyhessian'])}",
+         targets, hessian_eig_met(full, "b")],
+        ["Hessian trace, (b)", "PyHessian `trace(maxIter=100, tol=1e-3)`",
+         f"{x(qb['trace.hvp_ratio'], 1)} fewer HVPs, {x(qb['trace.wall_ratio'], 1)} less wall time (full run: "
+         f"{x(b['trace.hvp_ratio'], 1)}, {x(b['trace.wall_ratio'], 1)}); values within {qb['trace.rel_diff']:.1%} "
+         f"(ours reports its standard error, {qb['trace.se_ours']:.2f} on {qb['trace.value_ours']:.2f})", "-", "-"],
+        ["Hessian trace, (a) (`--quick`)", "same",
+         f"{x(1 / qa['trace.hvp_ratio'], 1)} more HVPs ({num(qa['trace.hvps_ours'])} vs "
+         f"{num(qa['trace.hvps_pyhessian'])}), {x(1 / qa['trace.wall_ratio'], 1)} more wall time; values "
+         f"{qa['trace.value_ours']:.2f} (ours) and {qa['trace.value_pyhessian']:.2f}, {qa['trace.rel_diff']:.0%} "
+         f"apart: at initialisation on random labels the trace is not resolved by either (ours reports a "
+         f"standard error of {qa['trace.se_ours']:.2f}), and PyHessian's rule stopped after "
+         f"{num(qa['trace.hvps_pyhessian'])} probes", "-", "-"],
+    ]
+
+
+def throughput_rows(r: Results) -> list[list[str]]:
+    from bench.throughput import REPORTING_TARGET, TARGET
+
+    t, before = r["throughput"], r["earlier"]["throughput"]
+    shapes = (("w4_b32", "width 4, batch 32"), ("w16_b128", "width 16, batch 128"))
+    trial = [t[f"{tag}_ratio"] for tag, _ in shapes]
+    reporting = [t[f"{tag}_reporting_vs_trial"] for tag, _ in shapes]
+    single = [v for tag, _ in shapes for v in t[f"{tag}_reporting_vs_trial_range"]]
+    trial_single = [v for tag, _ in shapes for v in t[f"{tag}_ratio_range"]]
+    return [
+        ["training throughput in a trial", "a bare PyTorch loop, same model, batch, data",
+         ", ".join(f"{x(t[f'{tag}_ratio'])} ({label})" for tag, label in shapes)
+         + f" samples/s (median of {t['repeats']} adjacent pairs of runs, each loop going first in turn)",
+         f">= {TARGET:g}x", yes(min(trial) >= TARGET)],
+        ["per-epoch reporting (`bench/throughput.py`'s third loop: each epoch to a progress file and to a report "
+         "that blocks 20 ms, as Tune's does, handed over on a thread)", "the trial loop, adjacent runs",
+         f"{span(reporting, x)} median over {t['repeats']} runs at both shapes (single runs {span(single, x)}: "
+         f"this VM's run-to-run noise, the trial loop itself read {span(trial_single, x)} of the bare loop in the "
+         f"same runs); on the training thread the reporting costs {num(before['reporting_us_per_epoch'])} µs an "
+         f"epoch and a {num(before['progress_write_ms'])} ms progress-file write at most every "
+         f"{num(before['progress_every_s'])} s",
+         f">= {REPORTING_TARGET:g}x", f"{yes(min(reporting) >= REPORTING_TARGET)} (median)"],
+    ]
+
+
+def cost_rows(r: Results) -> list[list[str]]:
+    from bench.metric_cost import TARGET
+
+    m = latest(r, "metric_cost")
+    return [
+        [f"metrics per model (Hessian + interpolation incl. layer-wise), the demo preset's {m['models']} models",
+         "training the same model",
+         f"{m['metric_fraction_mean']:.2f} of training time (mean), {m['metric_fraction_max']:.2f} (max: width 16, "
+         "batch 128)", f"<= {TARGET:g}", yes(m["target_met"])],
+        [f"mode connectivity per seed pair, the demo preset's {m['models'] // 2} pairs",
+         "training one model of the cell",
+         f"{x(m['pair_vs_training_mean'])} (mean), {x(m['pair_vs_training_max'], 1)} (max)", "reported", "-"],
+    ]
+
+
+def packing_row(r: Results) -> list[str]:
+    from bench.packing import TARGET
+
+    p, before = r["packing"], r["earlier"]["packing"]
+    runs = [p["headline_ratio"], *before["headline_ratio"]]
+    below = sum(v < TARGET for v in runs)
+    met = yes(p["target_met"]) + (f", narrowly ({below} run of {len(runs)} below)" if below else "")
+    return [
+        f"packed training (`bench/packing.py`), ResNet18-k on digits, packs of {p['pack_size']} "
+        f"(seeds 0-{p['pack_size'] - 1}), 1 thread, one epoch",
+        "the same trials solo, adjacent runs, each side first in turn",
+        f"{x(p['headline_ratio'])} models per hour at widths <= 4, batch 32 (width 2: {x(p['w2_b32']['ratio'])}, "
+        f"width 4: {x(p['w4_b32']['ratio'])}; other runs today "
+        f"{', '.join(x(v) for v in before['headline_ratio'])}); batch 128: {x(p['w2_b128']['ratio'])}, "
+        f"{x(p['w4_b128']['ratio'])}; width 8: {x(p['w8_b32']['ratio'])} (batch 32), {x(p['w8_b128']['ratio'])} "
+        f"(128); width 16: {x(p['w16_b32']['ratio'])}, {x(p['w16_b128']['ratio'])}",
+        f">= {TARGET:g}x at widths <= 4, batch 32", met,
+    ]
+
+
+def orchestration_rows(r: Results) -> list[list[str]]:
+    from bench.orchestration import OVERHEAD_TARGET_S, SPEEDUP_TARGET
+
+    o, before = r["orchestration"], r["earlier"]["orchestration"]
+    trials = o["trials"]
+    return [
+        [f"orchestration, demo grid ({trials} trials of 12 epochs), Ray 2 concurrent",
+         "the same trials one after another in one warm process",
+         f"{x(o['speedup'])} speed-up ({span(before['speedup'], x)} over {before['runs']} runs today); this "
+         f"machine's ceiling in the same run, two warm processes without Ray: {x(o['machine_ceiling'])} "
+         f"({span(before['machine_ceiling'], x)}), so Ray reaches {o['speedup_of_ceiling']:.0%} of it "
+         f"({span(before['speedup_of_ceiling'], percent, '%')})", f"{SPEEDUP_TARGET:g}x",
+         yes(o["speedup_target_met"])],
+        ["orchestration overhead per trial, between trials in a reused worker", "-",
+         f"{o['overhead_per_trial_s']:.3f} s (once per worker process on top: {o['worker_start_s']:.1f} s to its "
+         f"first trial, {o['first_trial_extra_s']:.1f} s extra in that trial)", f"<= {OVERHEAD_TARGET_S:g} s",
+         yes(o["overhead_target_met"])],
+        ["orchestration overhead per trial, all in: (2 x Ray wall - time in trials) / trials", "-",
+         f"{o['all_in_overhead_per_trial_s']:.2f} s: the once-per-worker costs and the idle tail spread over "
+         f"{trials} trials", f"<= {OVERHEAD_TARGET_S:g} s", yes(o["all_in_overhead_target_met"])],
+    ]
+
+
+def refine_row(r: Results) -> list[str]:
+    from bench.refine import AGREE_TARGET, DEFAULT_KEY, MODELS_TARGET
+
+    f = r["full"]["refine"]
+    default, low, uncapped = (f[key] for key in (DEFAULT_KEY, "budget=0.4, paper thresholds",
+                                                 "budget=1, paper thresholds"))
+    cells, total = default["cells"].split(" of ")
+    return [
+        f"adaptive phase diagram (`bench/refine.py`): `--refine` replayed on the published grid ({total} cells, "
+        "1,050 models)", "the full grid's diagram, same (paper) thresholds",
+        f"{default['agree_pct']:.1f}% of the cells agree using {default['models_used_pct']:.1f}% of the models "
+        f"({cells} cells; budget=0.4: {low['agree_pct']:g}% at {low['models_used_pct']:g}%; uncapped: "
+        f"{uncapped['agree_pct']:g}% at {uncapped['models_used_pct']:g}%)",
+        f">= {AGREE_TARGET:.0%} of cells, <= {MODELS_TARGET:.0%} of models", yes(f["target_met"])]
+
+
+def scale_rows(r: Results) -> tuple[list[str], list[str], list[str], list[str]]:
+    """The driver's, the consolidated tables' (local and on moto S3) and the analysis's rows."""
+    from bench.consolidated import OPEN_LIMIT_S, OPEN_S3_LIMIT_S
+    from bench.scale import LOAD_LIMIT_S, OVERHEAD_LIMIT_S, RSS_LIMIT_MB
+
+    s, full, before = r["scale"], r["full"]["scale"], r["earlier"]["scale"]
+    d, a = s["driver"], s["analysis"]
+    local, s3 = full["tables_local"], full["tables_s3"]
+    return (
+        [f"driver at scale, {d['trials']:,} trials (`--quick`; {full['driver']['trials']:,} below)", "-",
+         f"{d['per_trial_s']:.3f} s per trial ({d['per_trial_steady_s']:.3f} steady), peak RSS "
+         f"{d['driver_peak_rss_mb']:,} MB", f"<= {OVERHEAD_LIMIT_S:g} s, < {RSS_LIMIT_MB / 1024:g} GB",
+         yes(s["targets_met"]["per_trial_overhead"] and s["targets_met"]["driver_rss"])],
+        [f"{local['models']:,}-model sweep ({local['record_files']:,} record files, `python -m bench.consolidated`): "
+         "open + summary", f"record files only: {num(local['open_and_summary_records_only_s'])} s",
+         f"{local['open_and_summary_consolidated_s']:.2f} s after compaction (history + curves on first use: "
+         f"{num(local['history_and_curves_consolidated_s'])} s vs {num(local['history_and_curves_records_only_s'])} "
+         f"s); {num(local['consolidated_mb'])} MB consolidated vs {num(local['record_files_mb'])} MB of records",
+         f"< {OPEN_LIMIT_S:g} s", yes(local["open_and_summary_consolidated_s"] < OPEN_LIMIT_S)],
+        [f"moto S3, {s3['models']:,} models ({s3['record_files']:,} record files)",
+         f"record files only: {num(s3['open_and_summary_records_only_s'])} s",
+         f"{s3['open_and_summary_consolidated_s']:.2f} s (moto lists ~{s3['moto_listing_names_per_s']:,} names/s, "
+         f"so {local['record_files']:,} records cost ~{num(s3['listing_55000_records_at_moto_rate_s'])} s just to "
+         f"list: {local['models']:,} models not measured there)", f"< {OPEN_S3_LIMIT_S:g} s",
+         f"yes at {s3['models']:,}" if s3["open_and_summary_consolidated_s"] < OPEN_S3_LIMIT_S else "no"],
+        [f"analysis, {a['rows']:,}-row trials table + {2 * a['rows']:,} pairs", "-",
+         f"load {a['load_s']:.2f} s, load + classify the width x batch diagram {a['load_and_classify_diagram_s']:.2f} "
+         f"s, every one of {a['cells']:,} cells {a['classify_all_cells_s']:.1f} s; a sweep's one-row record files "
+         f"load at {a['one_row_file_read_ms']:.2f} ms each (read 4 at a time; "
+         f"{span(before['one_row_file_read_ms_serial'], fixed(1))} ms one at a time; 16 at a time on object "
+         "storage, where each read is a round trip)", f"< {LOAD_LIMIT_S:g} s",
+         yes(s["targets_met"]["analysis_100k_rows"])],
+    )
+
+
+def startup_row(r: Results) -> list[str]:
+    s, before = latest(r, "startup"), r["earlier"]["startup"]
+    over = [v / s["limit_s"] - 1 for v in (s["startup_s"], *before["startup_s"]) if v > s["limit_s"]]
+    met = "yes" if s["targets_met"]["startup"] else f"no, by {span(over, percent, '%').replace('-', '% to ')}"
+    return [
+        f"`{s['headline']}` (`python bench/startup.py`, also in `--quick`, `bench/results.json`; {s['date'][:10]})",
+        f"the same driver before sections were shared: {span(before['before_shared_sections_s'], fixed(1))}"
+        f" s ({num(before['before_this_round_s'])} s before this round's driver)",
+        f"{s['startup_s']:.2f} s in the last run ({span(before['startup_s'], fixed(2))} s in runs beside "
+        f"other work): expanding the grid {s['expansion_s']:.2f} s, cell, measure and pair keys {s['keys_s']:.2f} s "
+        f"({num(before['cell_and_measure_and_pair_keys_s'])} s in other runs), listing the tables "
+        f"{s['listing_s']:.2f} s, the rest {s['rest_s']:.2f} s (the damage check's and lineage's reads of the "
+        "consolidated tables, the recursive listing of `checkpoints/`)",
+        f"<= {s['limit_s']:g} s", met,
+    ]
+
+
+def report_page_row(r: Results) -> list[str]:
+    p = r["report_page"]
+    paper, large = p["paper"], p["large"]
+
+    def load(case: dict[str, Any]) -> str:
+        return (f"{case['file_mb']:.{1 if case['file_mb'] < 10 else 0}f} MB, {case['load_ms_cold'] / 1000:.1f} s "
+                f"cold / {case['load_ms_warm'] / 1000:.1f} s warm")
+
+    return [
+        "report page (`bench/report_page.py`, headless Chromium): size and load time of `index.html`", "-",
+        f"paper's grid ({paper['models']:,} models): {load(paper)}; {large['models']:,} models: {load(large)}; a "
+        f"cell's panel {paper['open_cell_ms'] / 1000:.1f} s / {large['open_cell_ms'] / 1000:.1f} s (pooled cell of "
+        f"{large['models'] // paper['cells']} models)", "usable at both sizes", "yes",
+    ]
+
+
+def benchmarks(r: Results) -> str:
+    driver, consolidated, s3, analysis = scale_rows(r)
+    rows = [*hessian_rows(r), *throughput_rows(r), *cost_rows(r), packing_row(r), *orchestration_rows(r),
+            refine_row(r), driver, consolidated, startup_row(r), report_page_row(r), s3, analysis]
+    return table(["benchmark", "baseline in the same run", "figure", "target", "met"], rows)
+
+
+def drift(r: Results) -> str:
+    d = latest(r, "drift")
+    seeds = sorted({k.split(".")[0] for k in d if k.startswith("s") and "." in k})
+
+    def runs(kind: str) -> list[float]:
+        return [d[s + "." + kind + "_float32_distance"] for s in seeds]
+
+    def losses(kind: str, dtype: str) -> list[str]:
+        return [f"{d[s + '.' + kind + '_' + dtype + '_loss']:.4f}" for s in seeds]
+
+    float32 = ", ".join(" and ".join(losses(kind, "float32")) for kind in ("solo", "packed"))
+    return (f"over the demo's {d['epochs']} epochs (ResNet18-{d['model'].split('-')[1]}, batch {d['batch_size']}) a "
+            f"solo float32 run itself ends {span(runs('solo'), percent, '%')} (relative weight distance) "
+            f"from the float64 run, a packed one {span(runs('packed'), percent, '%')}, and their final "
+            f"training losses ({float32}; float64: {', '.join(losses('solo', 'float64'))})")
+
+
+PARTS = (
+    ("training", "training, 12 epochs (forward, backward, step; device-resident batches)"),
+    ("hessian", "Hessian: top eigenvalue + trace"),
+    ("interpolation", "interpolation: full path + 6 stage paths, train and test"),
+    ("checkpoints", "checkpoints (`init`, `final`, 11 epoch `last` checkpoints for resume)"),
+    ("final_evaluation", "final evaluation (full train and test sets)"),
+    ("records", "records (Parquet, atomic writes)"),
+)
+
+
+def time_split(r: Results) -> str:
+    p, o = latest(r, "trial_profile"), r["orchestration"]
+    rows = [[label, f"{p[f'{part}_s']:.2f}", share(p[f"{part}_share"])] for part, label in PARTS]
+    rows.append(["Ray per trial with actor reuse (gap between trials, orchestration benchmark)",
+                 f"{o['overhead_per_trial_s']:.2f}", share(o["overhead_per_trial_s"] / p["trial_s"])])
+    return table(["part", "seconds", "share"], rows)
+
+
+def trial_total(r: Results) -> str:
+    return f"{latest(r, 'trial_profile')['trial_s']:.1f} s in all"
+
+
+BLOCKS: dict[str, Callable[[Results], str]] = {
+    "benchmarks": benchmarks, "drift": drift, "time-split": time_split, "trial-total": trial_total,
+}
+
+
+def render(readme: str, results: Results) -> str:
+    """`readme` with every rendered part replaced from `results`."""
+    def part(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in BLOCKS:
+            raise KeyError(f"README.md: no renderer for <!-- results: {name} --> (known: {', '.join(BLOCKS)})")
+        return match.group(1) + BLOCKS[name](results) + match.group(4)
+
+    return BLOCK.sub(part, readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if README.md differs")
+    args = parser.parse_args(argv)
+    current = README.read_text()
+    rendered = render(current, load_results())
+    if rendered == current:
+        print("README.md: every rendered figure is as in bench/results.json")
+        return 0
+    if args.check:
+        sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), rendered.splitlines(True),
+                                                   "README.md", "rendered from bench/results.json"))
+        return 1
+    README.write_text(rendered)
+    print("README.md: figures rendered from bench/results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
