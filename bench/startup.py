@@ -22,6 +22,7 @@ damage check, lineage, plan, spec file), the remainder of the whole.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -58,6 +59,7 @@ def rerun(spec) -> tuple[float, list[str]]:
         if len(lines) == 1 and not re.search(r"\b0 to run\b", line):
             raise WouldRun(line)
 
+    gc.collect()  # an earlier rerun's garbage: a fresh process would not collect it here
     start = time.perf_counter()
     summary = run(spec, spec.trials(), RunOptions(in_process=True), log=log)
     assert summary.ran == 0 and summary.skipped == summary.total, summary

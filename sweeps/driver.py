@@ -30,7 +30,7 @@ from sweeps.feasibility import LOCAL_ADDRESSES, Request, wait_for_capacity
 from sweeps.interrupt import Interrupted, stop_on_signals, stop_trials
 from sweeps.pairs import plan_pairs
 from sweeps.plan import Holdings, Job, Plan, pending_pairs, pending_trials, plan_run, spec_id, spec_records
-from sweeps.spec import SweepSpec
+from sweeps.spec import SweepSpec, collector_paused
 from workers import live
 from workers.catalog import TrialConfig
 from workers.errors import ConfigError, StorageError, StorageFull
@@ -212,16 +212,17 @@ def run(
     say = log or print
     storage = Storage.open(spec.storage).child(spec.name)
     with sweep_lock(storage):
-        settled = settle(storage)
+        with collector_paused():
+            settled = settle(storage)
+            version = code_version()
+            axes = list(spec.axes())
+            context = RunContext(storage=storage.uri, sweep=spec.name, code_version=version,
+                                 threads=max(1, int(options.cpus_per_trial)), axes=tuple(axes))
+            rounds = Rounds(configs, grow, storage, options.pack_policy(), asdict(context), settled.held)
+            first = rounds.plans[0]
+            write_spec(storage, spec, version, configs)
         for line in settled.lines:
             say(line)
-        version = code_version()
-        axes = list(spec.axes())
-        context = RunContext(storage=storage.uri, sweep=spec.name, code_version=version,
-                             threads=max(1, int(options.cpus_per_trial)), axes=tuple(axes))
-        rounds = Rounds(configs, grow, storage, options.pack_policy(), asdict(context), settled.held)
-        first = rounds.plans[0]
-        write_spec(storage, spec, version, configs)
         say(f"sweep {spec.name}: {len(rounds.planned)} models, {len(rounds.planned) - len(first.todo)} already done, "
             f"{len(first.todo)} to run ({first.packed} in {sum(len(p.members) > 1 for p in first.packs)} packs), "
             f"{len(first.pairs)} seed pairs to measure -> {storage.uri}")

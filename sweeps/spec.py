@@ -8,10 +8,12 @@ or an impossible value fails in seconds with the key named, before anything is w
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import operator
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +109,10 @@ class SweepSpec:
         the checks across sections run. Sections are checked in section order within the
         first grid point that has a bad value, as `from_flat` would: the same error.
         """
-        grid = self.grid()
+        with collector_paused():
+            return self._expand(self.grid())
+
+    def _expand(self, grid: dict[str, tuple[Any, ...]]) -> list[TrialConfig]:
         keys = sorted(grid, key=lambda k: k == "seed")
         owner = [check_key(key) for key in keys]  # (section, field) of each key
         built: dict[str, dict[tuple[Any, ...], Section]] = {name: {} for name in SECTIONS}
@@ -153,3 +158,21 @@ class SweepSpec:
             "values": {k: list(v) for k, v in self.grid().items()},
             **({"refine": self.refine} if self.refine else {}),
         }
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a start-up's allocations.
+
+    Expanding a grid, and the driver's settling and planning after it, allocate every
+    config, record name and plan entry at once, and keep them: the collector finds no
+    garbage among them, yet the allocations trigger full passes over the whole heap
+    (0.1-0.15 s each at 10,000 models). It runs as usual afterwards (nested: when the
+    outermost block ends)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()

@@ -99,6 +99,15 @@ def wandb_runs(sweep: Path) -> dict[str, dict]:
     return runs
 
 
+@pytest.fixture(autouse=True)
+def no_tracking_uri_left_behind():
+    """`mlflow.set_tracking_uri` (`mlflow_runs`) also sets MLFLOW_TRACKING_URI for
+    subprocesses: a sweep a later test starts would log into this test's store."""
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+
+
 def mlflow_runs(sweep: Path) -> pd.DataFrame:
     import mlflow
 

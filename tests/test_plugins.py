@@ -88,14 +88,16 @@ def child(storage: str) -> dict:
 
     refused = main("taxonomy", "", ["--in-process", "--storage", storage, "--name", "huge", *TINY,
                                     "--set", "metrics=gradnorm", "--set", "gradnorm.samples=1000000000000"])
-    ran = main("taxonomy", "", ["--in-process", "--storage", storage, "--name", "p", *TINY,
+    ran = main("taxonomy", "", ["--in-process", "--storage", storage, "--name", "p", *TINY, "--log", "csv",
                                 "--set", "metrics=gradnorm,hessian,interpolation,surface",
                                 "--set", f"gradnorm.samples={SAMPLES}", "--set", "hessian.n_samples=32",
                                 "--set", "hessian.max_iter=4", "--set", "interpolation.points=3",
                                 "--set", "interpolation.eval_samples=32", "--set", "surface.points=3",
                                 "--set", "surface.dims=1", "--set", "surface.eval_samples=32"])
     measures = load_sweep(str(Path(storage) / "p")).measures
-    return {"estimate": projection.format(), "metric_passes": with_it[0] - without[0], "missing": with_it[1],
+    outcomes = [line.split(",") for path in (Path(storage) / "p" / "_tune" / "runs").glob("*/outcome.csv")
+                for line in path.read_text().splitlines()[:1]]  # each model's tracker run: the header
+    return {"reported": outcomes, "estimate": projection.format(), "metric_passes": with_it[0] - without[0], "missing": with_it[1],
             "refused": refused, "ran": ran, "live": list(live()),
             "measured": measures.loc[measures["metric"] == "gradnorm", "gradnorm_norm"].tolist(),
             "columns": list(measures.columns), "statuses": measures["status"].tolist()}
@@ -131,6 +133,7 @@ def test_a_new_metric_is_recorded_and_reported_live(seen):
     (norm,) = result["measured"]
     assert math.isfinite(norm) and norm > 0
     assert "gradnorm_norm" in result["live"]
+    assert result["reported"] and all("gradnorm_norm" in header for header in result["reported"])  # its tracker run
     # every metric's live scalars are columns its measurement wrote
     assert set(result["live"]) <= set(result["columns"])
 

@@ -33,7 +33,9 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from workers.records import (
@@ -47,7 +49,6 @@ from workers.records import (
     TRIALS,
     WEIGHTS_ID,
     checkpoint_path,
-    is_current,
     pack_members_path,
     record_path,
 )
@@ -60,11 +61,15 @@ PACK_PREFIX = "pack-"  # checkpoint folders of packs (`workers.packing.plan.pack
 LINEAGE_READ = ["trial_key", "trial_key_a", "trial_key_b", WEIGHTS_ID, *PAIR_WEIGHTS_IDS]
 
 
-def _column(table: pa.Table, name: str) -> list[str]:
-    """A text column as a list, "" where the record predates it (null or absent)."""
+def _texts(table: pa.Table, name: str) -> pa.ChunkedArray:
+    """A text column, "" where the record predates it (null or absent)."""
     if name not in table.column_names:
-        return [""] * table.num_rows
-    return table.column(name).cast(pa.string()).fill_null("").to_pylist()
+        return pa.chunked_array([pa.array([""] * table.num_rows, pa.string())])
+    return table.column(name).cast(pa.string()).fill_null("")
+
+
+def _column(table: pa.Table, name: str) -> list[str]:
+    return _texts(table, name).to_pylist()
 
 
 def model_weights(trials: pa.Table) -> dict[str, str]:
@@ -77,17 +82,20 @@ def model_weights(trials: pa.Table) -> dict[str, str]:
 def stale_names(read: TableRead, models: dict[str, str]) -> list[str]:
     """Names of the stale records of the measures or pairs table as read: a measure not
     computed from its model's current weights, a pair not from both models' (a model
-    with no trials row has no current weights)."""
+    with no trials row has no current weights: `workers.records.is_current`, vectorised,
+    as a start-up checks every record of a 10,000-model sweep)."""
     if not read.records:
         return []
-    names, data = read.row_names(), read.data
-    if read.table == MEASURES:
-        lineage = [zip(_column(data, "trial_key"), _column(data, WEIGHTS_ID))]
-    else:
-        lineage = [zip(_column(data, f"trial_key_{side}"), _column(data, column))
-                   for side, column in zip("ab", PAIR_WEIGHTS_IDS)]
-    return sorted({name for name, *models_of_row in zip(names, *lineage)
-                   if not all(is_current(models, key, weights) for key, weights in models_of_row)})
+    data = read.data
+    sides = ([("trial_key", WEIGHTS_ID)] if read.table == MEASURES
+             else [(f"trial_key_{side}", column) for side, column in zip("ab", PAIR_WEIGHTS_IDS)])
+    keys, ids = pa.array(list(models), pa.string()), pa.array(list(models.values()), pa.string())
+    stale = np.zeros(data.num_rows, dtype=bool)
+    for key_column, weights_column in sides:
+        current = pc.take(ids, pc.index_in(_texts(data, key_column), value_set=keys))  # null: no trials row
+        same = pc.fill_null(pc.equal(current, _texts(data, weights_column)), False)
+        stale |= ~same.to_numpy(zero_copy_only=False)
+    return sorted(set(read.row_names()[stale]))
 
 
 CheckpointFiles = dict[str, dict[str, FileStamp]]  # owner -> file name -> (size, mtime_ns)
@@ -103,7 +111,7 @@ def checkpoint_files(storage: Storage) -> CheckpointFiles:
     selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
     for info in storage.fs.get_file_info(selector):
         owner, _, name = info.path[len(root):].partition("/")
-        if info.type == pafs.FileType.File and name and not name.startswith("."):
+        if name and not name.startswith(".") and info.is_file:
             files.setdefault(owner, {})[name] = (info.size, info.mtime_ns or 0)
     return files
 

@@ -135,11 +135,11 @@ class Storage:
         and enough to notice a file rewritten since (see `workers.tables`)."""
         selector = pafs.FileSelector(self.path(folder), allow_not_found=True)
         files = {}
-        for info in self.fs.get_file_info(selector):
-            if info.type != pafs.FileType.File or info.base_name.startswith((".", "_")):
+        for info in self.fs.get_file_info(selector):  # 55,000 at a 10,000-model start-up: kept lean
+            name = info.base_name
+            if name.startswith((".", "_")) or not name.endswith(suffix) or not info.is_file:
                 continue
-            if info.base_name.endswith(suffix):
-                files[info.base_name[: len(info.base_name) - len(suffix)]] = (info.size, info.mtime_ns or 0)
+            files[name[: len(name) - len(suffix)]] = (info.size, info.mtime_ns or 0)
         return files
 
     def list_names(self, folder: str, suffix: str = "") -> list[str]:

@@ -17,6 +17,7 @@ import time
 import traceback
 from typing import Any
 
+from workers import metrics, pair_metrics
 from workers.catalog import TrialConfig
 from workers.errors import is_transient
 from workers.live import JobProgress, Report, Unit, unit_values
@@ -28,12 +29,15 @@ from workers.runtime import RunContext
 from workers.storage import Storage
 from workers.trial import run_trial
 
-# Scalars of a trials or pairs row reported to Tune at a job's end (and so to the
-# driver's lines and trackers): the outcome and what places a model or a cell on
-# the phase diagram (`analysis.phases`); the records hold the rest.
-REPORTED = ("status", "train_loss", "train_acc", "test_loss", "test_acc", "hessian_top_eigenvalue",
-            "hessian_trace", "mc", "mc_loss", "mc_test", "cka_softmax", "cka_logits", "l2_distance",
-            "epochs_done", "time_total_s", "host")
+
+def reported_columns() -> tuple[str, ...]:
+    """Scalars of a trials or pairs row reported to Tune at a job's end (and so to the
+    driver's lines and trackers): the outcome, then what each metric and pair metric
+    declares `live` on its registry entry (what places a model or a cell on the phase
+    diagram, `analysis.phases`); the records hold the rest. Asked when needed, so a
+    metric registered after this module was imported is reported too."""
+    return ("status", "train_loss", "train_acc", "test_loss", "test_acc", *metrics.live_columns(),
+            *pair_metrics.live_columns(), "epochs_done", "time_total_s", "host")
 
 
 def job_parts(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -131,7 +135,7 @@ def summarize_pack(rows: list[dict[str, Any]], members: int) -> dict[str, Any]:
 
 
 def reported(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: row[k] for k in REPORTED if k in row}
+    return {k: row[k] for k in reported_columns() if k in row}
 
 
 def file_failure(config: dict[str, Any], exc: BaseException) -> str:

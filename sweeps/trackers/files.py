@@ -16,7 +16,7 @@ from typing import Any
 
 from sweeps.trackers import ModelRun
 from workers.live import FIGURES
-from workers.tune_entry import REPORTED
+from workers.tune_entry import reported_columns
 
 
 def numbers(outcome: dict[str, Any]) -> dict[str, float]:
@@ -35,7 +35,7 @@ class TensorBoardRuns:
 
         writer = self.writers[run.key] = SummaryWriter(run.folder)
         if not resumed:  # the HParams dashboard's row: params, and the outcome's names as its columns
-            for summary in hparams({**run.params, **run.tags}, {name: 0.0 for name in REPORTED}):
+            for summary in hparams({**run.params, **run.tags}, {name: 0.0 for name in reported_columns()}):
                 writer.file_writer.add_summary(summary)
 
     def epoch(self, run: ModelRun, epoch: int, figures: dict[str, float]) -> None:
