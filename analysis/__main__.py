@@ -12,9 +12,9 @@ import pyarrow as pa
 from analysis.load import load_sweep
 from analysis.summary import cell_table, format_cells
 from analysis.yang2021 import ArchiveError, import_archive
-from sweeps.arguments import OneLineParser, number
-from workers.errors import ConfigError
-from workers.safe_pickle import UnsafePickleError
+from sweeps.run.arguments import OneLineParser, number
+from workers.core.errors import ConfigError
+from workers.core.safe_pickle import UnsafePickleError
 
 ALL_HELP = "read the records of every spec run in the folder, not only the latest spec's"
 MAX_EVERY_S = 86_400.0  # a day; time.sleep overflows near 1e10 s
@@ -57,8 +57,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _sweep_storage(path: str):
     """The storage of a sweep folder; ConfigError (exit 2) if it holds no sweep."""
-    from workers.storage import Storage
-    from workers.tables import TABLES
+    from workers.core.storage import Storage
+    from workers.core.tables import TABLES
 
     storage = Storage.open(path)
     if not storage.exists("spec.json") and not any(storage.list_names(t, ".parquet") for t in TABLES):
@@ -67,7 +67,7 @@ def _sweep_storage(path: str):
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from workers.tables import compact_sweep, describe
+    from workers.core.tables import compact_sweep, describe
 
     for table, read in compact_sweep(_sweep_storage(args.path)).items():
         print(describe(table, read))
@@ -78,8 +78,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """The scrub: every record the consolidated tables hold read back and compared with
     the hash compaction took, and every model's checkpoints with their checksums; exit 1
     when something was damaged (and set aside, to be recomputed by the next run)."""
-    from workers.lineage import verify_checkpoints
-    from workers.tables import verify
+    from workers.core.lineage import verify_checkpoints
+    from workers.core.tables import verify
 
     storage = _sweep_storage(args.path)
     lines = verify(storage) + verify_checkpoints(storage)

@@ -9,6 +9,8 @@ page's live reclassification to.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pandas as pd
 
 from analysis.load import Sweep
@@ -26,6 +28,18 @@ HEATMAPS = (
     ("cka_softmax_mean", "cka", "CKA of softmax outputs (mean over seed pairs)"),
     ("l2_distance_mean", "l2_distance", "L2 distance of parameters (mean over seed pairs)"),
 )
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What a report draws: the axes, the fixed values of the others, the thresholds."""
+
+    x: str | None = None  # None: width if the sweep varies it, else its first axis
+    y: str | None = None  # None: batch_size if varied, else its next axis
+    fixed: dict[str, str] = field(default_factory=dict)
+    thresholds: str = "paper"  # "paper" (calibrated defaults) or "auto"
+    overrides: dict[str, str] = field(default_factory=dict)  # threshold name -> value
+    all_specs: bool = False  # every record of the folder, not only the latest spec's (analysis.lens)
 
 
 def classify_view(sweep: Sweep, x: str, y: str, fixed: dict[str, str], mode: str,

@@ -1,5 +1,5 @@
 """How far a sweep is and how long it has left: one arithmetic for the driver's progress
-line (`sweeps.progress`) and `python -m analysis status`, so both say the same.
+line (`sweeps.watch.terminal`) and `python -m analysis status`, so both say the same.
 
 Work is counted in units, as the driver's per-job lines number them: a model to train
 (and measure) or a seed pair to measure. A finished unit's cost is the worker-seconds

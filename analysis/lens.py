@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workers.records import DONE_TABLES, FAILURES, MEASURES, PAIRS, TRIALS, owning_record
-from workers.storage import Storage
+from workers.core.records import DONE_TABLES, FAILURES, MEASURES, PAIRS, TRIALS, owning_record
+from workers.core.storage import Storage
 
 SPECS = "specs"  # the folder of `<spec_id>.json` files
 

@@ -1,7 +1,7 @@
 """Read a sweep's Parquet tables into pandas, skipping (and naming) damaged files.
 
-Each table is a folder of small Parquet files, one per trial (see `workers.records`),
-plus, once compacted, one consolidated file holding most of them (`workers.tables`):
+Each table is a folder of small Parquet files, one per trial (see `workers.core.records`),
+plus, once compacted, one consolidated file holding most of them (`workers.core.tables`):
 it is read with only the record files it does not hold, so each row comes once.
 Metric rows (`measures`) are joined onto `trials`, so one DataFrame holds a model's
 config, outcome and landscape scalars. The long tables (`history`, `curves`: a row per
@@ -11,7 +11,7 @@ and `status` never touch them. A file that cannot be read is reported and left o
 instead of failing the whole analysis. Only the records of the folder's latest spec are
 read unless asked for all of them (`analysis.lens`). A derived record (measure, pair,
 curve) is read only while it describes the weights its model's trials row records
-(lineage, `workers.records.is_current`): one computed from weights trained again since
+(lineage, `workers.core.records.is_current`): one computed from weights trained again since
 is named and left out, with or without `--all`, so a model's loss, Hessian and mode
 connectivity never describe two different networks.
 """
@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.lens import Lens, describe_others, read_lens
-from workers.errors import ConfigError
-from workers.lineage import model_weights
-from workers.records import (
+from workers.core.errors import ConfigError
+from workers.core.lineage import model_weights
+from workers.core.records import (
     CURVES,
     FAILURES,
     HISTORY,
@@ -46,8 +46,8 @@ from workers.records import (
     TRIALS,
     WEIGHTS_ID,
 )
-from workers.storage import Storage
-from workers.tables import TableRead, read_table
+from workers.core.storage import Storage
+from workers.core.tables import TableRead, read_table
 
 # Columns that identify a row or describe provenance rather than configuration.
 NOT_CONFIG = {*IDENTITY_COLUMNS, *PROVENANCE_COLUMNS, *PACKING_COLUMNS}
@@ -128,7 +128,7 @@ def status_counts(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 def read_tables(storage: Storage, tables: tuple[str, ...]) -> dict[str, TableRead]:
     """Tables through their consolidated file plus the records it lacks (see
-    `workers.tables`); their listings run at once, which hides an object store's round
+    `workers.core.tables`); their listings run at once, which hides an object store's round
     trips."""
     with ThreadPoolExecutor(len(tables)) as pool:
         return dict(zip(tables, pool.map(lambda table: read_table(storage, table), tables)))
@@ -150,7 +150,7 @@ def _report(reads: list[TableRead], sweep: Sweep) -> None:
 def current_rows(table: str, frame: pd.DataFrame, weights: dict[str, str],
                  pairs: pd.DataFrame | None = None) -> np.ndarray:
     """Which rows of a derived table (measures, pairs, curves) describe their model(s)
-    as recorded now: `workers.records.is_current`, vectorised (a curves table holds
+    as recorded now: `workers.core.records.is_current`, vectorised (a curves table holds
     hundreds of thousands of rows), for every model a row names. A row of a pair (a
     pairs row, or a curve with a `pair_key`) names `trial_key_a` and `trial_key_b` with
     `weights_id_a` and `weights_id_b`, any other row `trial_key` with `weights_id`. A

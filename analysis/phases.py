@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Sweep, status_counts
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
 
 MODEL_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "hessian_top_eigenvalue", "hessian_trace")
 PAIR_METRICS = ("mc", "mc_loss", "mc_test", "cka_softmax", "cka_logits", "l2_distance")

@@ -4,7 +4,7 @@ that sees the sweep folder (an object store too).
 
 The counts are in the driver's units (`analysis.eta`) over the whole grid of
 `spec.json`: done from the records, failed from `failures` (as the status table),
-running from the jobs' progress files (`workers.live`), pending the rest. Durations per
+running from the jobs' progress files (`workers.core.live`), pending the rest. Durations per
 class come from the records (a packed model's time shared by its pack, plus its metrics'
 times), the rate from the models recorded since the run's start (`_progress/run.json`).
 """
@@ -21,8 +21,8 @@ import pandas as pd
 
 from analysis.eta import Durations, Progress, Shape, clock, eta_seconds, per_hour, shape
 from analysis.load import Sweep
-from workers.live import run_started, running_jobs
-from workers.storage import Storage
+from workers.core.live import run_started, running_jobs
+from workers.core.storage import Storage
 
 
 @dataclass(frozen=True)

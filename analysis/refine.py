@@ -52,7 +52,7 @@ import pandas as pd
 
 from analysis.load import Sweep
 from analysis.phases import Thresholds, cell_metrics, classify, mc_scale, resolve_thresholds
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
 
 Cell = tuple[Any, Any]  # (x value, y value) of a diagram cell
 Slice = tuple[Any, ...]  # the values of a grid's other axes (`Grid.others`), in order; () if it has none

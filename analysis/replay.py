@@ -37,9 +37,9 @@ from analysis.refine import (
     plan_slices,
     with_inferred_slices,
 )
-from workers.errors import ConfigError
-from workers.records import PAIRS, TRIALS
-from workers.storage import Storage
+from workers.core.errors import ConfigError
+from workers.core.records import PAIRS, TRIALS
+from workers.core.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def replay(source: str, out: str, settings: RefineSettings, thresholds: str = "p
     spec = {**{k: v for k, v in full.spec.items() if k != "spec_id"},  # its lens holds the full grid's records
             "name": f"{full.spec.get('name', 'sweep')}-refined",
             "refine": {**asdict(settings), "thresholds": thresholds,
-                       **({"per": ",".join(grid.other_axes)} if grid.others else {})},  # as `sweeps.refine` says
+                       **({"per": ",".join(grid.other_axes)} if grid.others else {})},  # as `sweeps.run.growth` says
             "replayed_from": full.path}
     storage.write_bytes("spec.json", json.dumps(spec, indent=2, default=str).encode())
     answered: set[Place] = set()

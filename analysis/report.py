@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
 from analysis import plots
-from analysis.diagram import HEATMAPS, classify_view
+from analysis.diagram import HEATMAPS, ReportOptions, classify_view
 from analysis.load import Sweep, load_sweep
 from analysis.page import write_page
 from analysis.phases import THRESHOLD_NAMES, Thresholds
 from analysis.refine import diagram_axes
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
 
 # Columns of the per-cell table in the summary: (column, header, format).
 TABLE = (
@@ -36,14 +36,7 @@ TABLE = (
 )
 
 
-@dataclass(frozen=True)
-class ReportOptions:
-    x: str | None = None  # None: width if the sweep varies it, else its first axis
-    y: str | None = None  # None: batch_size if varied, else its next axis
-    fixed: dict[str, str] = field(default_factory=dict)
-    thresholds: str = "paper"  # "paper" (calibrated defaults) or "auto"
-    overrides: dict[str, str] = field(default_factory=dict)  # threshold name -> value
-    all_specs: bool = False  # every record of the folder, not only the latest spec's (analysis.lens)
+DEFAULT_OPTIONS = ReportOptions()  # width x batch size, the paper's thresholds
 
 
 def phase_grid(cells: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -57,7 +50,7 @@ def phase_grid(cells: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 def refined_per(spec: dict) -> list[str]:
     """The axes (record columns) a refined sweep was refined per: each of their values is
-    a diagram of its own (`sweeps.refine`); none for a 2-D or a full-grid sweep."""
+    a diagram of its own (`sweeps.run.growth`); none for a 2-D or a full-grid sweep."""
     return [a for a in spec.get("refine", {}).get("per", "").split(",") if a]
 
 
@@ -76,7 +69,7 @@ class Report:
     thresholds: Thresholds
 
 
-def write_report(path: str, out: str, options: ReportOptions = ReportOptions()) -> Report:
+def write_report(path: str, out: str, options: ReportOptions = DEFAULT_OPTIONS) -> Report:
     """Write phase_diagram.png, heatmap_*.png, cells.csv, summary.md and the web page
     index.html (`analysis.page`) into `out`."""
     sweep = load_sweep(path, options.all_specs)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from analysis.load import Sweep, load_sweep
 from analysis.progress import format_running, sweep_progress
-from workers.records import MEASURES, PAIRS, TRIALS
+from workers.core.records import MEASURES, PAIRS, TRIALS
 
 
 @dataclass(frozen=True)

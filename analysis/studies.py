@@ -27,8 +27,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis.load import Sweep, load_sweep, status_counts
-from workers.errors import ConfigError
-from workers.storage import is_uri
+from workers.core.errors import ConfigError
+from workers.core.storage import is_uri
 
 # Columns that make up a training variant, with the value that means "off".
 VARIANT_COLUMNS = ("optimizer", "late_phase_k", "swa_start")
@@ -192,7 +192,7 @@ def _variant_matrix(cells: pd.DataFrame, column: str, title: str) -> Figure:
 # ---------------------------------------------------------------- interpolation study
 
 
-# What `workers.metrics.interpolation` records: the full path and the layer-wise paths
+# What `workers.metrics.paths` records: the full path and the layer-wise paths
 # (other groups at theta_T) as curve kinds, and the barrier of the full path's training
 # loss over the chord between its end points as a per-model scalar.
 FULL_PATH, LAYER_PATHS = "interp_full", "interp_group"

@@ -13,7 +13,7 @@ like a sweep (and a user can overlay it on their own):
     spec.json                   the grid (width x batch_size x seed)
 
 One file per cell rather than per model keeps the import at 630 small files; readers
-concatenate a folder anyway. Pickles are read with `workers.safe_pickle` (plain data
+concatenate a folder anyway. Pickles are read with `workers.core.safe_pickle` (plain data
 and numpy only) straight from the archive, and `.npz` files with `allow_pickle=False`:
 nothing is extracted to disk and no code in the archive can run.
 """
@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from workers import safe_pickle
-from workers.mc import curve_summary
-from workers.records import CURVES, PAIRS, TRIALS
-from workers.storage import Storage
+from workers.core import safe_pickle
+from workers.core.mc import curve_summary
+from workers.core.records import CURVES, PAIRS, TRIALS
+from workers.core.storage import Storage
 
 SWEEP = "yang2021"
 NAN = float("nan")

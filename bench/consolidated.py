@@ -2,16 +2,16 @@
 
 A synthetic sweep of real trial configs (width x batch_size x lr x 2 seeds, hessian and
 interpolation on every model, seed pairs) is written as the record files a sweep leaves,
-with the project's writers (`workers.records`, `Storage.write_table`): per model a
+with the project's writers (`workers.core.records`, `Storage.write_table`): per model a
 trials row, 12 epochs of history, 2 measures rows and an interpolation curve, and a
 pairs row per cell: 5.5 files per model. Nothing is trained. Figures, in one run:
 
 - local, records only (before) and after the driver's end-of-run compaction: open the
   sweep with `load_sweep` and build its summary (`analysis.summary.cell_table`);
-- the driver's start-up on a rerun with nothing to do (`sweeps.driver.run`, in process):
+- the driver's start-up on a rerun with nothing to do (`sweeps.run.driver.run`, in process):
   before (its first rerun, footers of every record checked) and after compaction;
 - the same sweep's sizes: record files against consolidated files;
-- bit rot (`workers.tables`): a scrub (`verify`: every consolidated record read back and
+- bit rot (`workers.core.tables`): a scrub (`verify`: every consolidated record read back and
   its hash compared) and the end-of-run compaction after a run that did work (one record
   of each table rewritten: every other record verified, five files rewritten);
 - against a local moto S3 server, a smaller sweep (moto stores ~60 objects/s, so 55,000
@@ -43,7 +43,7 @@ STARTUP_LIMIT_S = 5.0
 
 def scale_spec(storage: str, n_models: int):
     """A taxonomy grid of `n_models` real configs (multiples of 100), both metrics, pairs."""
-    from sweeps.spec import SweepSpec
+    from sweeps.run.spec import SweepSpec
 
     assert n_models % 100 == 0, n_models
     values = {"dataset": "digits", "model": "resnet18k", "width": list(range(1, 11)),
@@ -56,9 +56,9 @@ def scale_spec(storage: str, n_models: int):
 def write_records(spec) -> int:
     """Write the record files of every model and pair of `spec`; returns the file count.
     Each table is built once with `to_table` and written one record (slice) per file."""
-    from sweeps.pairs import plan_pairs
-    from workers.records import checkpoint_path, config_columns, measure_key, provenance, to_table
-    from workers.storage import Storage
+    from sweeps.run.pairs import plan_pairs
+    from workers.core.records import checkpoint_path, config_columns, measure_key, provenance, to_table
+    from workers.core.storage import Storage
 
     rng = np.random.default_rng(0)
     storage = Storage.open(spec.storage).child(spec.name)
@@ -141,7 +141,7 @@ def open_long_tables(path: str) -> int:
 def driver_rerun(spec) -> tuple[float, float, list[str]]:
     """A rerun of `spec` with nothing to do: seconds to the driver's plan (expanding the
     grid, quarantine check, pending trials and pairs), seconds in all, its log lines."""
-    from sweeps.driver import RunOptions, run
+    from sweeps.run.driver import RunOptions, run
 
     stamps: list[float] = []
     lines: list[str] = []
@@ -160,7 +160,7 @@ def driver_rerun(spec) -> tuple[float, float, list[str]]:
 def rewrite_first_records(storage) -> None:
     """Write the first record of each table again, as a run that recomputed it would (same
     bytes, a new mtime): the end-of-run compaction then rewrites every table."""
-    from workers.records import TABLES
+    from workers.core.records import TABLES
 
     for table in TABLES:
         names = storage.list_names(table, ".parquet")
@@ -174,8 +174,8 @@ def rewrite_first_records(storage) -> None:
 def verify_figures(path: str, records: int) -> dict[str, float]:
     """Seconds to verify every record a sweep's consolidated tables hold: a scrub, and
     the compaction that ends a run that did work."""
-    from workers.storage import Storage
-    from workers.tables import compact_after_run, verify
+    from workers.core.storage import Storage
+    from workers.core.tables import compact_after_run, verify
 
     storage = Storage.open(path)
     scrub_s, lines = timed(lambda: verify(storage))
@@ -230,8 +230,8 @@ def s3_figures(n_models: int) -> dict[str, Any]:
     import pyarrow.fs as pafs
 
     from bench.s3server import CREDENTIALS, moto_server, uri
-    from workers.storage import Storage
-    from workers.tables import compact_sweep
+    from workers.core.storage import Storage
+    from workers.core.tables import compact_sweep
 
     os.environ.update({k: os.environ.get(k, v) for k, v in CREDENTIALS.items()})
     with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:

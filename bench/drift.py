@@ -5,7 +5,7 @@ training": a packed sweep reproduces a solo one as other hardware does, not bit 
 
 The demo preset's ResNet18-2 at batch 128 (digits, 12 epochs), both of its seeds,
 trained four ways on the CPU: solo and as one pack of both seeds, each in float32 and
-in float64, with the code paths a trial and a pack job train with (`workers.train.fit`
+in float64, with the code paths a trial and a pack job train with (`workers.training.train.fit`
 with the trial's hooks; `workers.packing.train.fit_packed`). Figures per seed: the
 relative weight distance ||w - w64|| / ||w64|| of the float32 runs to the float64 run of
 the same kind (all parameters as one vector), and each run's final training loss (the
@@ -26,7 +26,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def configs() -> list:
-    from sweeps.presets import preset_values
+    from sweeps.run.presets import preset_values
     from workers.catalog import TrialConfig
 
     values = {k: v for k, v in preset_values("taxonomy", "demo").items() if "." not in k}
@@ -35,15 +35,15 @@ def configs() -> list:
 
 
 def _splits(cfg, dtype: torch.dtype):
-    from workers.data import prepare
+    from workers.base.data import prepare
 
     splits = prepare(cfg.data, "cpu")
     return dataclasses.replace(splits, x_train=splits.x_train.to(dtype), x_test=splits.x_test.to(dtype))
 
 
 def _model(cfg, splits, dtype: torch.dtype) -> torch.nn.Module:
-    """The solo trial's initial model: seeded as `workers.trial.run_trial` seeds it."""
-    from workers.runtime import new_model, seed_everything
+    """The solo trial's initial model: seeded as `workers.jobs.trial.run_trial` seeds it."""
+    from workers.jobs.runtime import new_model, seed_everything
 
     seed_everything(cfg.train.seed)
     return new_model(cfg, splits, "cpu").to(dtype)
@@ -51,9 +51,9 @@ def _model(cfg, splits, dtype: torch.dtype) -> torch.nn.Module:
 
 def solo(cfg, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], float]:
     """(parameters, final training loss) of the solo trial's training."""
-    from workers.augment import Augment
-    from workers.train import fit
-    from workers.trial import training_hooks
+    from workers.jobs.trial import training_hooks
+    from workers.training.augment import Augment
+    from workers.training.train import fit
 
     splits = _splits(cfg, dtype)
     model = _model(cfg, splits, dtype)
@@ -66,11 +66,11 @@ def solo(cfg, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], float]:
 
 def packed(cfgs: list, dtype: torch.dtype) -> list[tuple[dict[str, torch.Tensor], float]]:
     """(parameters, final training loss) of each member, trained as one pack."""
-    from workers.augment import Augment
-    from workers.optim import lr_factor
     from workers.packing.modules import member_state, pack
     from workers.packing.optim import build_packed_optimizer
     from workers.packing.train import PackedUpdate, fit_packed
+    from workers.training.augment import Augment
+    from workers.training.optim import lr_factor
 
     splits = [_splits(cfg, dtype) for cfg in cfgs]
     models = [_model(cfg, s, dtype) for cfg, s in zip(cfgs, splits)]

@@ -5,7 +5,7 @@
 Written to be run once, by hand, on a lent GPU machine that has PyTorch, pandas and
 pyarrow but neither Ray nor scikit-learn, and no network: nothing here imports Ray (the
 JSON records `ray_imported`), and the data are synthetic CIFAR-shaped tensors built as a
-`workers.data.Splits` (10,000 random 3x32x32 images, random labels of 10 classes; speed
+`workers.base.data.Splits` (10,000 random 3x32x32 images, random labels of 10 classes; speed
 does not depend on the pixels). Each part, and each cell within a part, catches its own
 failure and records it as `error`, so one failure keeps the other figures; a cell that
 would start after the time budget (7 minutes; a compiled cell needs 2.5 minutes left) is
@@ -13,14 +13,14 @@ recorded as skipped, and the JSON is written after each part. Timings are wall s
 around a fixed number of steps, after warm-up steps of the same shapes.
 
 (a) `packing`: packed against solo training through the product's code paths
-(`bench.packing.Solo` and `Packed`: `workers.trial` and `workers.packing`), packs of 8
+(`bench.packing.Solo` and `Packed`: `workers.jobs.trial` and `workers.packing`), packs of 8
 (seeds 0-7, the CUDA bound of `--pack auto`), ResNet18-k of widths 1-16 x batch sizes 16
 and 128, 40 timed steps per model or pack. `ratio` is packed over solo models per
 GPU-hour: the median over adjacent pairs (each side first in turn) of the 8 solo models'
 seconds over the pack's.
 
-(b) `throughput`: the product's trial loop (`workers.train.fit` with the hooks
-of `workers.trial.training_hooks`, model and inputs through `FastPath.for_device`) against
+(b) `throughput`: the product's trial loop (`workers.training.train.fit` with the hooks
+of `workers.jobs.trial.training_hooks`, model and inputs through `FastPath.for_device`) against
 a bare PyTorch loop doing the same by hand (layout, `torch.autocast`, `torch.compile`,
 `torch.optim.SGD`), each on its own copy of the same initial model, for four fast-path
 settings: fp32 in the default layout, channels_last, + bf16, + torch.compile. `ratio` is
@@ -59,11 +59,11 @@ from torch.nn import functional as F
 
 from bench.hessian import ours, reference_top
 from bench.packing import Packed, Solo, cell_configs
+from workers.base.data import Splits
+from workers.base.models import build_model
 from workers.catalog import TrialConfig
-from workers.data import Splits
-from workers.fast_path import FastPath
-from workers.models import build_model
-from workers.runtime import new_model, seed_everything
+from workers.jobs.runtime import new_model, seed_everything
+from workers.training.fast_path import FastPath
 
 FALLBACK_DEVICE = "cpu (fallback, no CUDA)"
 PARTS = ("packing", "throughput", "hessian")  # the JSON's order; they run packing, hessian, throughput

@@ -40,7 +40,7 @@ TARGET_HVP_RATIO, TARGET_WALL_RATIO = 3.0, 2.0  # PyHessian / ours, top eigenval
 
 
 def random_rgb_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    from workers.models import build_model
+    from workers.base.models import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet18k", 8, (3, 32, 32), 10)
@@ -51,14 +51,14 @@ def random_rgb_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 def demo_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """Train the demo preset's width-16 model through the real trial code."""
-    from sweeps.presets import preset_values
-    from workers import checkpoints
+    from sweeps.run.presets import preset_values
+    from workers.base import checkpoints
+    from workers.base.data import prepare
     from workers.catalog import TrialConfig
-    from workers.data import prepare
+    from workers.core.storage import Storage
+    from workers.jobs.runtime import RunContext, new_model
+    from workers.jobs.trial import run_trial
     from workers.metrics.common import fixed_subset
-    from workers.runtime import RunContext, new_model
-    from workers.storage import Storage
-    from workers.trial import run_trial
 
     values = {k: v for k, v in preset_values("taxonomy", "demo").items() if "." not in k}  # no metric options
     cfg = TrialConfig.from_flat({**values, "width": 16, "batch_size": 128, "seed": 0, "metrics": []})

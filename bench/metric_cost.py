@@ -23,10 +23,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     import torch
 
     from analysis import load_sweep
-    from sweeps.driver import RunOptions
-    from sweeps.driver import run as run_sweep
-    from sweeps.presets import preset_values
-    from sweeps.spec import SweepSpec
+    from sweeps.run.driver import RunOptions
+    from sweeps.run.driver import run as run_sweep
+    from sweeps.run.presets import preset_values
+    from sweeps.run.spec import SweepSpec
 
     torch.set_num_threads(1)
     values = preset_values("taxonomy", "demo")

@@ -2,7 +2,7 @@
 
     python bench/orchestration.py [--quick]
 
-All runs execute the same worker code (`workers.trial.run_trial`, 1 torch thread per
+All runs execute the same worker code (`workers.jobs.trial.run_trial`, 1 torch thread per
 trial, solo: `--pack off`, since this measures orchestration and `bench/packing.py`
 measures packing) on the demo grid's 16 configs (its 12 epochs also under `--quick`: the target is
 defined on this grid, and halving the epochs would double the weight of the one-off
@@ -45,8 +45,8 @@ HALF_TIMEOUT_S = 1800  # a warm process that takes longer has failed: the bench 
 
 
 def demo_spec(storage: str):
-    from sweeps.presets import preset_values
-    from sweeps.spec import SweepSpec
+    from sweeps.run.presets import preset_values
+    from sweeps.run.spec import SweepSpec
 
     values = preset_values("taxonomy", "demo") | {"metrics": [], "measure_pairs": False}
     return SweepSpec("taxonomy", "demo", "bench", storage, values)
@@ -55,8 +55,8 @@ def demo_spec(storage: str):
 def warm_sequential(root: Path, configs: list, before: Callable[[], object] = lambda: None) -> float:
     """Warm this process with one trial, then run `configs` one after another in it;
     returns the seconds of the second part (records under `root / "seq"`)."""
-    from sweeps.driver import RunOptions
-    from sweeps.driver import run as run_sweep
+    from sweeps.run.driver import RunOptions
+    from sweeps.run.driver import run as run_sweep
 
     warm = demo_spec(str(root / "warm"))
     run_sweep(warm, warm.trials()[:1], RunOptions(in_process=True, pack="off"), log=lambda line: None)
@@ -130,8 +130,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     """`quick` is accepted for `bench/run.py` and changes nothing (see the docstring)."""
     import ray
 
-    from sweeps.driver import RunOptions
-    from sweeps.driver import run as run_sweep
+    from sweeps.run.driver import RunOptions
+    from sweeps.run.driver import run as run_sweep
 
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ Grid: digits (1,437 real 8x8 images), ResNet18-k of widths 2, 4, 8, 16 x batch s
 32, 128, one epoch per model; a pack is the five seeds 0-4 of one cell. Both sides run
 the product's code, nothing hand-written: solo is a trial's training (`seed_everything`,
 `new_model`, its `FastPath`, `training_hooks`, `fit`, `release`); packed is the training
-of `workers.packing.job.train_pack` without storage (each member built from its seed,
+of `workers.jobs.pack_job.train_pack` without storage (each member built from its seed,
 `pack`, `pack_fast_path`, `build_packed_optimizer`, `PackedUpdate`, `fit_packed`, then
 every member taken back out as a solo model). The ratios time training (`fit`,
 `fit_packed`): a trial trains for many epochs, over which building the models, packing
@@ -35,16 +35,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from workers.base.data import Splits
 from workers.catalog import TrialConfig
-from workers.data import Splits
-from workers.fast_path import FastPath
-from workers.optim import lr_factor
+from workers.jobs.runtime import new_model, seed_everything
+from workers.jobs.trial import training_hooks
 from workers.packing.modules import member_state, pack
 from workers.packing.optim import build_packed_optimizer
 from workers.packing.train import PackedUpdate, fit_packed, pack_fast_path
-from workers.runtime import new_model, seed_everything
-from workers.train import fit
-from workers.trial import training_hooks
+from workers.training.fast_path import FastPath
+from workers.training.optim import lr_factor
+from workers.training.train import fit
 
 WIDTHS, BATCH_SIZES, SEEDS = (2, 4, 8, 16), (32, 128), tuple(range(5))
 HEADLINE = ((2, 32), (4, 32))  # (width, batch) cells of the headline figure
@@ -52,7 +52,7 @@ TARGET = 2.5
 
 
 class Solo:
-    """One trial's model, fast path and training hooks, built as `workers.trial` builds them
+    """One trial's model, fast path and training hooks, built as `workers.jobs.trial` builds them
     (also the trial side of bench/gpu.py)."""
 
     def __init__(self, cfg: TrialConfig, splits: Splits, device: str) -> None:
@@ -179,7 +179,7 @@ def pairs_for(width: int, quick: bool) -> int:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Figures keyed by cell (`w4_b32.ratio`, ...), then the headline; 1 thread."""
-    from workers.data import prepare
+    from workers.base.data import prepare
 
     torch.set_num_threads(1)
     splits = prepare(cell_configs(WIDTHS[0], BATCH_SIZES[0], SEEDS)[0].data, "cpu")

@@ -86,7 +86,7 @@ def build(folder: Path, copies: int) -> str:
     import pyarrow.parquet as pq
 
     from analysis.yang2021 import import_archive
-    from workers.storage import Storage
+    from workers.core.storage import Storage
 
     source, sweep = folder / "published", folder / f"x{copies}"
     import_archive(str(ARCHIVE), str(source))

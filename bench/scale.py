@@ -4,7 +4,7 @@
     python bench/scale.py --quick    # 1,000-trial grid, 500-model records (< 6 min)
 
 1. Driver: a grid of real trial configs (the taxonomy's width x batch_size x lr x seed)
-   runs through `sweeps.driver.run_jobs` with a placeholder trainable that returns at
+   runs through `sweeps.run.driver.run_jobs` with a placeholder trainable that returns at
    once, on an embedded Ray with 2 CPUs, so what is timed is the driver's and Tune's
    own work. Figures: driver peak RSS, wall time per trial (with and without start-up).
 2. Analysis: a synthetic 100,000-row trials table (width x batch_size x lr x label_noise
@@ -52,9 +52,9 @@ def peak_rss_mb() -> float:
 
 def grid_jobs(n_trials: int) -> list:
     """`n_trials` training jobs with real, validated configs and the driver's job shape."""
-    from sweeps.plan import Job
-    from sweeps.spec import SweepSpec
-    from workers.runtime import RunContext
+    from sweeps.run.plan import Job
+    from sweeps.run.spec import SweepSpec
+    from workers.jobs.runtime import RunContext
 
     seeds = 5
     lrs = [0.05, 0.1]
@@ -72,8 +72,8 @@ def driver_figures(n_trials: int) -> dict[str, Any]:
     import ray
     from ray import tune
 
-    from sweeps.driver import RunOptions
-    from sweeps.execute import SHARD_SIZE, run_jobs
+    from sweeps.run.driver import RunOptions
+    from sweeps.run.execute import SHARD_SIZE, run_jobs
 
     def placeholder(config: dict[str, Any]) -> None:  # nested: Ray ships it by value
         tune.report({"status": "ok"})

@@ -5,7 +5,7 @@
 
 A complete synthetic sweep of 10,000 models (`bench.consolidated`: real configs, every
 record a sweep writes, nothing trained, and placeholder checkpoints, whose presence a
-rerun checks) is rerun with `sweeps.driver.run` in process,
+rerun checks) is rerun with `sweeps.run.driver.run` in process,
 twice: the first rerun compacts the records into the consolidated tables (on a freshly
 built folder), the second is timed from before `spec.trials()` to the driver's first
 log line, its plan. The folder takes minutes to write (55,000 record files), so it is
@@ -36,7 +36,7 @@ MODELS = 10_000
 LIMIT_S = 1.0  # issue 22: planning a rerun of 10,000 models with nothing to do
 DEFAULT_FOLDER = Path(os.path.expanduser("~/.cache/landscape-sweeps/bench/startup"))
 MARKER = "bench-startup.json"  # in the sweep folder once it is complete and compacted
-LAYOUT = 3  # in MARKER: 3 has every model's checkpoints written before its records (workers.lineage)
+LAYOUT = 3  # in MARKER: 3 has every model's checkpoints written before its records (workers.core.lineage)
 HEADLINE = "start-up: {:.2f} s to plan a rerun of {:,} models with nothing to do"
 
 
@@ -48,7 +48,7 @@ def rerun(spec) -> tuple[float, list[str]]:
     """Seconds from before `spec.trials()` to the driver's first log line, and its lines.
     The first line must plan nothing: otherwise the run is stopped there (raising from
     the log) rather than training every model."""
-    from sweeps.driver import RunOptions, run
+    from sweeps.run.driver import RunOptions, run
 
     lines: list[str] = []
     stamps: list[float] = []
@@ -94,9 +94,9 @@ def sweep_folder(folder: Path, rebuild: bool, models: int = MODELS) -> tuple[Any
 
 def breakdown(spec) -> dict[str, float]:
     """The start-up's steps timed one by one, outside the driver."""
-    from sweeps.pairs import plan_pairs
-    from workers.records import DONE_TABLES, measure_key
-    from workers.storage import Storage
+    from sweeps.run.pairs import plan_pairs
+    from workers.core.records import DONE_TABLES, measure_key
+    from workers.core.storage import Storage
 
     t0 = time.perf_counter()
     configs = spec.trials()  # trial keys included: they are checked for duplicates

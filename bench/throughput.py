@@ -4,7 +4,7 @@
 
 Both loops train the same initial model on the same device-resident digits tensors with
 the same batch size and SGD settings, for the same number of epochs; the trial's loop
-(`workers.train.train_epoch` with its `Update`) adds seeded shuffling, statistics
+(`workers.training.train.train_epoch` with its `Update`) adds seeded shuffling, statistics
 accumulated on the device and one host sync per epoch. Runs alternate; the figure is the
 median over repeats of the ratio of a bare run's time to the trial run next to it, each
 going first in turn (samples/s of the trial / samples/s of the bare loop, target >=
@@ -12,9 +12,9 @@ going first in turn (samples/s of the trial / samples/s of the bare loop, target
 samples/s printed beside it are medians over all runs of each loop, and `*_range` the
 lowest and highest single ratio (this VM's run-to-run noise).
 
-A third loop is the trial's with per-epoch reporting (`workers.live`): each epoch's
+A third loop is the trial's with per-epoch reporting (`workers.core.live`): each epoch's
 history row goes to a `JobProgress` that writes the progress file and hands the figures
-to Tune's report on its own thread (`workers.tune_entry.Background`); the report here
+to Tune's report on its own thread (`workers.jobs.tune_entry.Background`); the report here
 blocks for `REPORT_WAIT_S`, as Tune's does until the driver takes the result. The trial
 loop runs between the other two, each of which goes first in turn, so its figure is the
 same adjacent-runs median against the trial loop (target >= 0.97, this VM's noise:
@@ -37,8 +37,8 @@ REPORT_WAIT_S = 0.02  # a driver's round trip for one result, loggers included
 
 
 def _setup(width: int):
-    from workers.data import DataConfig, prepare
-    from workers.models import build_model
+    from workers.base.data import DataConfig, prepare
+    from workers.base.models import build_model
 
     splits = prepare(DataConfig(dataset="digits"))
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def _bare(model, x, y, batch_size: int, epochs: int) -> float:
 
 
 def _trial(model, x, y, batch_size: int, epochs: int) -> float:
-    from workers.train import Update, train_epoch
+    from workers.training.train import Update, train_epoch
 
     update = Update(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4))
     start = time.perf_counter()
@@ -74,11 +74,11 @@ def _trial(model, x, y, batch_size: int, epochs: int) -> float:
 
 def _reporting(model, x, y, batch_size: int, epochs: int) -> float:
     """The trial loop with each epoch reported as a job reports it (module docstring)."""
-    from workers.live import JobProgress, Unit
-    from workers.storage import Storage
-    from workers.train import Update, train_epoch
-    from workers.trial import history_row
-    from workers.tune_entry import Background
+    from workers.core.live import JobProgress, Unit
+    from workers.core.storage import Storage
+    from workers.jobs.trial import history_row
+    from workers.jobs.tune_entry import Background
+    from workers.training.train import Update, train_epoch
 
     update = Update(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4))
     with tempfile.TemporaryDirectory() as folder:

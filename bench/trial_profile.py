@@ -3,12 +3,12 @@
     python bench/trial_profile.py [--quick]
 
 One trial of the demo preset (ResNet18-8, batch 32, digits, 12 epochs, Hessian and
-interpolation), run by `workers.trial.run_trial` in this process on 1 thread, under
+interpolation), run by `workers.jobs.trial.run_trial` in this process on 1 thread, under
 cProfile, after a warm-up trial in the same process (so imports, `torch._dynamo` and
 the dataset's first load are not in it: those are paid once per worker process). The
 profile is split by the functions that do each part, each taken with its callees:
-training is `workers.train.fit` less the epoch checkpoints its callback writes,
-checkpoints every `checkpoints.save`, the final evaluation `workers.trial._losses`, each
+training is `workers.training.train.fit` less the epoch checkpoints its callback writes,
+checkpoints every `checkpoints.save`, the final evaluation `workers.jobs.trial._losses`, each
 metric its registered `measure`, records `Storage.write_table`. Shares are of the whole
 `run_trial`. `quick` changes nothing: the trial is the figure.
 """
@@ -24,19 +24,19 @@ WIDTH, BATCH_SIZE = 8, 32
 
 # (part, file suffix, function name): the profiled functions each part is made of
 PARTS = {
-    "training": ("workers/train.py", "fit"),
+    "training": ("workers/training/train.py", "fit"),
     "hessian": ("workers/metrics/hessian.py", "measure"),
-    "interpolation": ("workers/metrics/interpolation.py", "measure"),
-    "checkpoints": ("workers/checkpoints.py", "save"),
-    "final_evaluation": ("workers/trial.py", "_losses"),
-    "records": ("workers/storage.py", "write_table"),
+    "interpolation": ("workers/metrics/paths.py", "measure"),
+    "checkpoints": ("workers/base/checkpoints.py", "save"),
+    "final_evaluation": ("workers/jobs/trial.py", "_losses"),
+    "records": ("workers/core/storage.py", "write_table"),
 }
-EPOCH_CALLBACK = ("workers/trial.py", "__call__")  # EpochLog: saves `last` inside `fit`
-TOTAL = ("workers/trial.py", "run_trial")
+EPOCH_CALLBACK = ("workers/jobs/trial.py", "__call__")  # EpochLog: saves `last` inside `fit`
+TOTAL = ("workers/jobs/trial.py", "run_trial")
 
 
 def demo_trial(seed: int):
-    from sweeps.presets import preset_values
+    from sweeps.run.presets import preset_values
     from workers.catalog import TrialConfig
 
     values = preset_values("taxonomy", "demo")
@@ -62,8 +62,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     `bench/run.py`."""
     import torch
 
-    from workers.runtime import RunContext
-    from workers.trial import run_trial
+    from workers.jobs.runtime import RunContext
+    from workers.jobs.trial import run_trial
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:

@@ -9,7 +9,7 @@ scale x optimizer x BatchNorm on/off x label noise, full and layer-wise paths.
 
 import sys
 
-from sweeps.cli import main
+from sweeps.run.cli import main
 
 if __name__ == "__main__":
     sys.exit(main("interpolation", __doc__))

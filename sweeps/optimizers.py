@@ -9,7 +9,7 @@ SWA and with both, over a small width x batch-size grid.
 
 import sys
 
-from sweeps.cli import main
+from sweeps.run.cli import main
 
 if __name__ == "__main__":
     sys.exit(main("optimizers", __doc__))

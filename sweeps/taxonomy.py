@@ -7,7 +7,7 @@
 
 import sys
 
-from sweeps.cli import main
+from sweeps.run.cli import main
 
 if __name__ == "__main__":
     sys.exit(main("taxonomy", __doc__))

@@ -57,11 +57,11 @@ def tiny() -> dict[str, Any]:
 @pytest.fixture
 def kill_trial_at():
     """Run a trial in a child process that SIGKILLs itself after `epoch` (the fault
-    switch of `workers.trial`); returns the child's exit code (-SIGKILL when it fired)."""
+    switch of `workers.jobs.trial`); returns the child's exit code (-SIGKILL when it fired)."""
 
     def run(flat: dict[str, Any], storage: str, trial_key: str, epoch: int) -> int:
         script = ("import sys, json; from workers.catalog import TrialConfig; "
-                  "from workers.runtime import RunContext; from workers.trial import run_trial; "
+                  "from workers.jobs.runtime import RunContext; from workers.jobs.trial import run_trial; "
                   "run_trial(TrialConfig.from_flat(json.loads(sys.argv[1])), "
                   "RunContext(storage=sys.argv[2], sweep='test', threads=1))")
         env = {**os.environ, "LANDSCAPE_FAULT_KILL": f"{trial_key}:{epoch}"}

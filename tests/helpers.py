@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from workers.base.data import Splits
 from workers.catalog import TrialConfig
-from workers.data import Splits
 from workers.metrics import MetricContext
 
 
@@ -24,6 +24,6 @@ def fit_full_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: in
 
 
 def metric_context(splits: Splits, init_state: dict, new_model) -> MetricContext:
-    """What `workers.trial` hands a metric, for a model built outside the registry."""
+    """What `workers.jobs.trial` hands a metric, for a model built outside the registry."""
     return MetricContext(cfg=TrialConfig.from_flat({}), splits=splits, init_state=init_state,
                          new_model=new_model, device="cpu")

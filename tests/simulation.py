@@ -49,13 +49,13 @@ import pytest
 from analysis import load_sweep
 from analysis.load import Sweep
 from analysis.status import format_status, table_status
-from sweeps.driver import RunOptions, run
-from sweeps.spec import SweepSpec
-from workers import checkpoints
-from workers.checkpoints import weights_id
-from workers.lineage import verify_checkpoints
-from workers.records import CURVES, FAILURES, HISTORY, MEASURES, PAIRS, TRIALS
-from workers.storage import Storage
+from sweeps.run.driver import RunOptions, run
+from sweeps.run.spec import SweepSpec
+from workers.base import checkpoints
+from workers.base.checkpoints import weights_id
+from workers.core.lineage import verify_checkpoints
+from workers.core.records import CURVES, FAILURES, HISTORY, MEASURES, PAIRS, TRIALS
+from workers.core.storage import Storage
 
 # The `tiny` trial of tests/conftest.py at width 1: two epochs with a checkpoint after
 # the first, so a kill can land before, inside and after a resumable epoch.
@@ -73,11 +73,11 @@ NAME = "s"  # every folder's sweep name: the `sweep` column of every row
 # `is_time_column`). The other provenance columns (device, library versions, schema)
 # are the same within this process and are compared.
 RUN_DEPENDENT = frozenset({
-    "host", "node_id", "pid",  # which process wrote the row (workers.records.provenance)
+    "host", "node_id", "pid",  # which process wrote the row (workers.core.records.provenance)
     "written_at",  # when, to the second
     "code_version",  # the git commit, "-dirty" whenever anyone edits the tree between runs
-    "resumed_from_epoch",  # trials: the epoch a killed run resumed from; 0 uninterrupted (workers.trial)
-    "curve_reused",  # pairs: a killed pair job's Bezier curve was taken back, not refitted (workers.pair_trial)
+    "resumed_from_epoch",  # trials: the epoch a killed run resumed from; 0 uninterrupted (workers.jobs.trial)
+    "curve_reused",  # pairs: a killed pair job's Bezier curve was taken back, not refitted (workers.jobs.pair_trial)
 })
 
 
@@ -88,7 +88,7 @@ def is_time_column(name: str) -> bool:
 
 
 # After damage, also: why a model trained alone. A model trained again by the job that
-# found its weights lost (a seed pair's) says so (workers.pair_trial), where its own job
+# found its weights lost (a seed pair's) says so (workers.jobs.pair_trial), where its own job
 # said why it was not packed; its weights are the same if it trained alone both times.
 REPAIR_DEPENDENT = ("unpacked_reason",)
 
@@ -355,7 +355,7 @@ def snapshot(folder: Path, with_checkpoints: bool = False) -> Snapshot:
 
 def _checkpoint_weights(folder: Path, path: Path) -> str:
     """The weights id of a checkpoint's "model", or "unreadable" when it fails its
-    checksum or cannot be loaded (`workers.checkpoints.load`)."""
+    checksum or cannot be loaded (`workers.base.checkpoints.load`)."""
     owner, name = path.parent.name, path.stem
     try:
         return weights_id(checkpoints.load(Storage.open(str(folder)), owner, name)["model"])

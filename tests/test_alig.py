@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from workers.alig import AliG
 from workers.catalog import TrialConfig
-from workers.errors import ConfigError
-from workers.runtime import RunContext
-from workers.trial import run_trial
+from workers.core.errors import ConfigError
+from workers.jobs.runtime import RunContext
+from workers.jobs.trial import run_trial
+from workers.training.alig import AliG
 
 
 def quadratic_steps(w0, steps: int, **options) -> tuple[list[list[float]], AliG]:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from workers.augment import NONE, Augment
 from workers.catalog import TrialConfig
-from workers.errors import ConfigError
-from workers.runtime import RunContext
-from workers.trial import run_trial
+from workers.core.errors import ConfigError
+from workers.jobs.runtime import RunContext
+from workers.jobs.trial import run_trial
+from workers.training.augment import NONE, Augment
 
 
 def batch(n: int = 200) -> torch.Tensor:

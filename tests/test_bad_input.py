@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from analysis.__main__ import main as analysis_main
-from sweeps.cli import main
-from sweeps.driver import RunOptions, run
-from sweeps.spec import SweepSpec
-from workers.errors import ConfigError
+from sweeps.run.cli import main
+from sweeps.run.driver import RunOptions, run
+from sweeps.run.spec import SweepSpec
+from workers.core.errors import ConfigError
 
 STORED = Path(__file__).parent / "data" / "stored_sweep_v1.tar.gz"
 SMALL = ["--set", "width=2", "--set", "batch_size=128", "--set", "metrics=", "--set", "measure_pairs=false",
@@ -77,7 +77,7 @@ def test_analysis_gives_one_line_for_a_bad_path(tmp_path, capsys, make):
 
 
 def test_the_memory_bound_is_above_the_exact_count_and_both_grow_with_width_and_batch():
-    from sweeps.memory import training_bytes
+    from sweeps.preflight.memory import training_bytes
     from workers.catalog import TrialConfig
 
     small, wide, big_batch = (TrialConfig.from_flat(v) for v in

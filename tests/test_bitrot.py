@@ -5,7 +5,7 @@ DuckDB on the record file reads the corrupted one. Compaction (whenever it rewri
 table) and `verify` (a scrub) compare each held record's bytes with the hash compaction
 took of them, quarantine a mismatch with its done-record, and leave it out.
 
-Real record files written with the project's writers (`workers.records`); no Ray."""
+Real record files written with the project's writers (`workers.core.records`); no Ray."""
 
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-import workers.tables as tables
+import workers.core.tables as tables
 from analysis import load_sweep
 from bench.s3server import uri
 from workers.catalog import TrialConfig
-from workers.records import config_columns, to_table
-from workers.storage import Storage
-from workers.tables import (
+from workers.core.records import config_columns, to_table
+from workers.core.storage import Storage
+from workers.core.tables import (
     MANIFEST_KEY,
     compact_after_run,
     compact_sweep,

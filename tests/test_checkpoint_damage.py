@@ -2,11 +2,11 @@
 
 A rerun once only listed them: a `final.pt` garbled after its model was recorded was
 never found, and the model's records named weights no file held. Now the folder's
-settling (`workers.lineage.set_aside_stale`) reads a checkpoint written after its
+settling (`workers.core.lineage.set_aside_stale`) reads a checkpoint written after its
 model's trials record, which a sweep never does, and remembers those found intact;
 damage that keeps the mtime (bit rot) is the scrub's (`python -m analysis verify`).
 
-Real checkpoints (`workers.checkpoints.save`) and real records; no Ray, no training."""
+Real checkpoints (`workers.base.checkpoints.save`) and real records; no Ray, no training."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import workers.lineage as lineage
-from workers import checkpoints
+import workers.core.lineage as lineage
+from workers.base import checkpoints
 from workers.catalog import TrialConfig
-from workers.lineage import INTACT, set_aside_stale
-from workers.records import config_columns, to_table
-from workers.storage import Storage
+from workers.core.lineage import INTACT, set_aside_stale
+from workers.core.records import config_columns, to_table
+from workers.core.storage import Storage
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 import ray
 import yaml
 
-from sweeps.cluster_config import ClusterConfigError, validate_cluster_config, validate_cluster_file
+from sweeps.preflight.cluster import ClusterConfigError, validate_cluster_config, validate_cluster_file
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_FILES = sorted(ROOT.glob("cluster*.yaml"))
@@ -104,7 +104,7 @@ def test_validation_opens_no_network_connection():
         "    if event in ('socket.connect', 'socket.getaddrinfo'):\n"
         "        raise RuntimeError(f'network access: {event} {args}')\n"
         "sys.addaudithook(deny)\n"
-        "from sweeps.cluster_config import main\n"
+        "from sweeps.preflight.cluster import main\n"
         f"sys.exit(main({[str(p) for p in CLUSTER_FILES]!r}))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

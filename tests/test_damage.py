@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis import load_sweep
-from sweeps.driver import RunOptions, run
-from sweeps.spec import SweepSpec
+from sweeps.run.driver import RunOptions, run
+from sweeps.run.spec import SweepSpec
 from workers.catalog import TrialConfig
-from workers.runtime import RunContext
-from workers.trial import run_trial
+from workers.jobs.runtime import RunContext
+from workers.jobs.trial import run_trial
 
 HESSIAN = {"metrics": ["hessian"], "hessian.n_samples": 64, "hessian.max_iter": 20, "hessian.trace_probes": 0}
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from workers.data import (
+from workers.base.data import (
     DATASETS,
     DataConfig,
     _bundled_digits,
@@ -38,7 +38,7 @@ def test_digits_are_read_from_scikit_learns_file_without_importing_sklearn_datas
     images, labels = _bundled_digits()
     bunch = load_digits()
     assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
-    code = ("import sys; from workers.data import load_dataset; load_dataset('digits', '~/unused'); "
+    code = ("import sys; from workers.base.data import load_dataset; load_dataset('digits', '~/unused'); "
             "assert 'sklearn.datasets' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -122,7 +122,7 @@ def test_svhn_reader_moves_label_10_to_0(tmp_path):
 
 
 def test_a_pickle_that_runs_code_is_refused(tmp_path):
-    from workers.safe_pickle import UnsafePickleError
+    from workers.core.safe_pickle import UnsafePickleError
 
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()

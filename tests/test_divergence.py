@@ -1,5 +1,5 @@
 """A model whose training loss explodes is diverged by one stated rule
-(`workers.train.loss_diverged`), solo and packed alike, also while the loss is still
+(`workers.training.train.loss_diverged`), solo and packed alike, also while the loss is still
 finite (a sweep once recorded a model `ok` at a training loss of 5.7e29)."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
+from workers.base.data import prepare
 from workers.catalog import TrialConfig
-from workers.data import prepare
-from workers.packing.job import run_pack
-from workers.runtime import RunContext, new_model, seed_everything
-from workers.train import EXPLODED_LOSS_FACTOR, divergence_reason, loss_diverged, train_epoch
-from workers.trial import run_trial, training_hooks
+from workers.jobs.pack_job import run_pack
+from workers.jobs.runtime import RunContext, new_model, seed_everything
+from workers.jobs.trial import run_trial, training_hooks
+from workers.training.train import EXPLODED_LOSS_FACTOR, divergence_reason, loss_diverged, train_epoch
 
 # An MLP (no BatchNorm to rein it in) on digits at lr 100: its mean training loss is
 # about 9e6 after the first epoch and 5e31 after the second, finite both times.

@@ -1,4 +1,4 @@
-"""The cost estimate (sweeps.estimate): FLOP counts, step counts, the fit, and a real
+"""The cost estimate (sweeps.preflight.estimate): FLOP counts, step counts, the fit, and a real
 timed run on a tiny digits grid checked against hand computations."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from sweeps.estimate import (
+from sweeps.preflight.estimate import (
     StepModel,
     _training_seconds,
     estimate,
@@ -19,9 +19,9 @@ from sweeps.estimate import (
     step_flops,
     steps_per_trial,
 )
-from sweeps.spec import SweepSpec
+from sweeps.run.spec import SweepSpec
 from workers.catalog import TrialConfig
-from workers.packing.plan import PackPolicy, plan_packs
+from workers.packing.policy import PackPolicy, plan_packs
 
 TINY_GRID = {
     "dataset": "digits", "model": "resnet18k", "width": [2, 4], "batch_size": [32, 128], "seed": [0, 1],

@@ -11,16 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from workers import checkpoints
+from workers.base import checkpoints
+from workers.base.data import DataConfig, prepare
+from workers.base.models import build_model
 from workers.catalog import TrialConfig
-from workers.data import DataConfig, prepare
-from workers.errors import ConfigError
-from workers.fast_path import PLAIN, FastPath
-from workers.models import build_model
-from workers.runtime import RunContext
-from workers.storage import Storage
-from workers.train import TrainConfig, Update, train_epoch
-from workers.trial import run_trial
+from workers.core.errors import ConfigError
+from workers.core.storage import Storage
+from workers.jobs.runtime import RunContext
+from workers.jobs.trial import run_trial
+from workers.training.fast_path import PLAIN, FastPath
+from workers.training.train import TrainConfig, Update, train_epoch
 
 
 def test_for_device_keeps_layout_and_compilation_to_cuda_and_precision_everywhere():

@@ -11,9 +11,10 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from tests.helpers import fit_full_batch, metric_context
+from workers.base.data import DataConfig, prepare
 from workers.catalog import TrialConfig
-from workers.data import DataConfig, prepare
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
+from workers.core.records import to_table
 from workers.metrics.common import fixed_subset
 from workers.metrics.hessian import (
     HessianOperator,
@@ -25,7 +26,6 @@ from workers.metrics.hessian import (
     measure,
     spectrum,
 )
-from workers.records import to_table
 
 N_SAMPLES = 256
 

@@ -11,11 +11,14 @@ import torch
 from torch import nn
 
 from tests.helpers import fit_full_batch, metric_context
+from workers.base.data import DataConfig, Splits, prepare
+from workers.base.models import build_model
 from workers.catalog import TrialConfig
-from workers.data import DataConfig, Splits, prepare
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
+from workers.jobs.runtime import RunContext
+from workers.jobs.trial import run_trial
 from workers.metrics.common import EvalSets, fixed_subset, parameter_groups, state_keys
-from workers.metrics.interpolation import (
+from workers.metrics.paths import (
     InterpolationOptions,
     PathEvaluator,
     PathShape,
@@ -23,10 +26,7 @@ from workers.metrics.interpolation import (
     measure,
     write_path_state,
 )
-from workers.models import build_model
-from workers.runtime import RunContext
-from workers.train import evaluate
-from workers.trial import run_trial
+from workers.training.train import evaluate
 
 
 @pytest.fixture(scope="module")

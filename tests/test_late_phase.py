@@ -9,10 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from workers import checkpoints
+from workers.base import checkpoints
+from workers.base.models import build_model
 from workers.catalog import TrialConfig
-from workers.errors import ConfigError
-from workers.late_phase import (
+from workers.core.errors import ConfigError
+from workers.core.storage import Storage
+from workers.jobs.runtime import RunContext
+from workers.jobs.trial import run_trial
+from workers.training.late_phase import (
     LatePhase,
     LatePhaseConfig,
     Members,
@@ -23,10 +27,6 @@ from workers.late_phase import (
     load_members,
     set_active,
 )
-from workers.models import build_model
-from workers.runtime import RunContext
-from workers.storage import Storage
-from workers.trial import run_trial
 
 
 class Toy(nn.Module):

@@ -1,6 +1,8 @@
-"""`workers/` reads bottom to top: no module imports one of a higher layer, at module
-level, inside a function or under TYPE_CHECKING; `workers` imports neither `sweeps` nor
-`analysis`; and `analysis` imports neither torch nor Ray when it is imported."""
+"""The folders are the layers. `workers/`'s folders, bottom to top as
+`workers.LAYERS` lists them: no module imports one of a higher layer, at module level,
+inside a function or under TYPE_CHECKING; `workers` imports neither `sweeps` nor
+`analysis`; `analysis` imports only `workers.core` and, when imported, neither torch
+nor Ray; and no import loop anywhere in the repository."""
 
 from __future__ import annotations
 
@@ -9,25 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from workers import LAYERS as FOLDERS
 
-# Each module of workers/ and its layer; a module may import its own layer or lower ones.
-LAYERS: dict[int, tuple[str, ...]] = {
-    0: ("workers", "workers.errors", "workers.registry", "workers.safe_pickle", "workers.seal", "workers.storage"),
-    1: ("workers.config",),
-    2: ("workers.data", "workers.models", "workers.records", "workers.tables", "workers.lineage", "workers.checkpoints",
-        "workers.augment", "workers.fast_path", "workers.mc", "workers.live", "workers.footprint"),
-    3: ("workers.train",),
-    4: ("workers.alig", "workers.optim", "workers.late_phase", "workers.swa", "workers.pairwise",
-        "workers.metrics", "workers.metrics.common", "workers.metrics.hessian", "workers.metrics.interpolation",
-        "workers.metrics.surface", "workers.pair_metrics", "workers.pair_metrics.similarity",
-        "workers.pair_metrics.bezier", "workers.packing", "workers.packing.modules", "workers.packing.optim",
-        "workers.packing.train"),
-    5: ("workers.catalog",),
-    6: ("workers.runtime", "workers.trial", "workers.pair_trial", "workers.packing.plan", "workers.packing.job",
-        "workers.tune_entry"),
-}
-LAYER = {module: layer for layer, modules in LAYERS.items() for module in modules}
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("workers", "sweeps", "analysis", "bench")
 
 
 def module_name(path: Path) -> str:
@@ -46,28 +33,45 @@ def imported(path: Path, modules: set[str]) -> set[str]:
             for alias in node.names:
                 child = f"{node.module}.{alias.name}"
                 found.add(child if child in modules else node.module)
-    return {name for name in found if name.split(".")[0] in ("workers", "sweeps", "analysis")}
+    return {name for name in found if name.split(".")[0] in PACKAGES}
 
 
-def graph() -> dict[str, set[str]]:
-    paths = {module_name(p): p for p in (ROOT / "workers").rglob("*.py")}
+def graph(packages: tuple[str, ...] = PACKAGES) -> dict[str, set[str]]:
+    paths = {module_name(p): p for package in packages for p in (ROOT / package).rglob("*.py")}
     return {name: imported(path, set(paths)) - {name} for name, path in paths.items()}
 
 
-def test_every_module_of_workers_has_a_layer():
-    assert sorted(set(graph()) - set(LAYER)) == [], "add new modules to LAYERS (and to the README's Layout)"
-    assert sorted(set(LAYER) - set(graph())) == []
+def layer(module: str) -> int | None:
+    """The layer of a module of `workers`: its folder's place in `workers.LAYERS`
+    (the package itself is below all); None for a module outside every folder."""
+    parts = module.split(".")
+    if parts == ["workers"]:
+        return -1
+    return next((i for i, folders in enumerate(FOLDERS) if len(parts) > 1 and parts[1] in folders), None)
+
+
+def test_every_module_of_workers_sits_in_a_layer_folder():
+    outside = [module for module in graph(("workers",)) if layer(module) is None]
+    assert outside == [], "put these in a folder of workers.LAYERS (and in the README's Layout)"
+    assert {p.name for p in (ROOT / "workers").iterdir() if p.is_dir() and (p / "__init__.py").exists()} == \
+        {folder for folders in FOLDERS for folder in folders}, "every folder of workers/ is a layer"
 
 
 def test_no_import_runs_up_a_layer_or_out_of_workers():
-    upward = [f"{source} (layer {LAYER[source]}) imports {target}"
-              + (f" (layer {LAYER[target]})" if target in LAYER else "")
-              for source, targets in graph().items() for target in sorted(targets)
-              if target not in LAYER or LAYER[target] > LAYER[source]]
+    upward = [f"{source} (layer {layer(source)}) imports {target} (layer {layer(target)})"
+              for source, targets in graph(("workers",)).items() for target in sorted(targets)
+              if layer(target) is None or layer(target) > layer(source)]
     assert upward == []
 
 
-def test_the_imports_of_workers_form_no_loop():
+def test_analysis_reads_with_the_core_of_workers_only():
+    reached = sorted({target for targets in graph(("analysis", "workers")).items()
+                      if targets[0].startswith("analysis") for target in targets[1]
+                      if target.startswith("workers") and layer(target) not in (-1, 0)})
+    assert reached == []
+
+
+def test_no_import_loop_anywhere():
     edges, state = graph(), {}
 
     def visit(module: str, path: tuple[str, ...]) -> None:
@@ -75,7 +79,7 @@ def test_the_imports_of_workers_form_no_loop():
             return
         assert state.get(module) != "open", f"import loop: {' -> '.join((*path, module))}"
         state[module] = "open"
-        for target in sorted(edges[module]):
+        for target in sorted(edges.get(module, ())):
             visit(target, (*path, module))
         state[module] = "done"
 
@@ -88,3 +92,15 @@ def test_analysis_imports_neither_torch_nor_ray():
            "print(sorted({'torch', 'ray'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_readme_layout_names_every_folder_in_its_layer():
+    """The README's Layout section is drawn from the folders: each folder of `sweeps/`
+    has its row, and the layer table lists `workers.LAYERS` in order."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):readme.index("Where things live:")]
+    folders = sorted(p.name for p in (ROOT / "sweeps").iterdir() if (p / "__init__.py").exists())
+    assert [f for f in folders if f"| `sweeps/{f}/` |" not in layout] == []
+    rows = [line.split("|")[1:3] for line in layout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [(int(number), [name.strip(" `/") for name in cell.split(", ")]) for number, cell in rows] == \
+        [(i, list(names)) for i, names in enumerate(FOLDERS)]

@@ -9,11 +9,11 @@ from analysis import load_sweep
 from analysis.__main__ import main as analysis_main
 from analysis.lens import spec_path
 from analysis.status import format_status
-from sweeps.driver import RunOptions, run
-from sweeps.spec import SweepSpec
+from sweeps.run.driver import RunOptions, run
+from sweeps.run.spec import SweepSpec
 from tests.test_lineage_readers import models, write_measure, write_pair, write_trial
-from workers.records import measure_key, pair_key
-from workers.storage import Storage
+from workers.core.records import measure_key, pair_key
+from workers.core.storage import Storage
 
 HESSIAN = {"metrics": ["hessian"], "hessian.max_iter": 20, "hessian.trace_probes": 0}
 

@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from analysis import load_sweep
-from sweeps.driver import RunOptions, run
-from sweeps.spec import SweepSpec
-from workers import checkpoints
+from sweeps.run.driver import RunOptions, run
+from sweeps.run.spec import SweepSpec
+from workers.base import checkpoints
 from workers.catalog import TrialConfig
-from workers.packing.plan import pack_id
-from workers.records import PAIR_WEIGHTS_IDS, WEIGHTS_ID
+from workers.core.records import PAIR_WEIGHTS_IDS, WEIGHTS_ID
+from workers.packing.policy import pack_id
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"width": 2, "batch_size": 128, "lr": 0.05, "epochs": 2, "milestones": [1], "dataset": "digits",
@@ -106,7 +106,7 @@ def test_a_changed_code_default_is_a_new_spec_whose_measures_readers_show(tmp_pa
     # The first run under code whose default hessian.n_samples was 96, as an older checkout.
     older = ("import sys, dataclasses; import workers.catalog; from workers.metrics.hessian import HessianOptions; "
              "HessianOptions.__init__.__defaults__ = (96, *HessianOptions.__init__.__defaults__[1:]); "
-             "from sweeps.cli import main; sys.exit(main('taxonomy', '', sys.argv[1:]))")
+             "from sweeps.run.cli import main; sys.exit(main('taxonomy', '', sys.argv[1:]))")
     first = subprocess.run([sys.executable, "-c", older, "--in-process", "--storage", str(tmp_path), "--name", "s",
                             *values], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr

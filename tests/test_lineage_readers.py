@@ -1,5 +1,5 @@
 """Lineage in the readers: a measure, pair or curve is shown only while it describes the
-weights its model's trials row records (`workers.records.is_current`); the rest is left
+weights its model's trials row records (`workers.core.records.is_current`); the rest is left
 out and named, with or without `--all`, and records written before lineage stay.
 
 The folders are real record files written with the project's writers (`to_table`,
@@ -15,9 +15,9 @@ from analysis import load_sweep
 from analysis.lens import spec_path
 from analysis.status import format_status
 from workers.catalog import TrialConfig
-from workers.records import config_columns, measure_key, pair_key, to_table
-from workers.storage import Storage
-from workers.tables import compact_sweep
+from workers.core.records import config_columns, measure_key, pair_key, to_table
+from workers.core.storage import Storage
+from workers.core.tables import compact_sweep
 
 HESSIAN = {"metrics": ["hessian"], "measure_pairs": True}
 CURVE = [{"t": t, "loss": 1.0 + t} for t in (0.0, 0.5, 1.0)]  # a few curve points
@@ -76,7 +76,7 @@ def retrained_folder(store: Storage) -> tuple[list[TrialConfig], str]:
 
 
 def write_lens(store: Storage, cfgs: list[TrialConfig], measures: list[str], pairs: list[str]) -> None:
-    """`spec.json` and `specs/<id>.json` as the driver writes them (`sweeps.driver.write_spec`)."""
+    """`spec.json` and `specs/<id>.json` as the driver writes them (`sweeps.run.driver.write_spec`)."""
     body = {"values": {"seed": [c.train.seed for c in cfgs], "metrics": [["hessian"]]}, "spec_id": "lens0"}
     records = {"trials": sorted(c.trial_key for c in cfgs), "measures": sorted(measures), "pairs": sorted(pairs)}
     store.write_bytes(spec_path("lens0"), json.dumps({**body, "records": records}).encode())

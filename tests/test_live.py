@@ -12,18 +12,18 @@ from dataclasses import asdict
 import pandas as pd
 import pytest
 
-import workers.live as live
+import workers.core.live as live
 from analysis import load_sweep
 from analysis.status import format_status
 from bench.s3server import uri
-from sweeps.plan import plan_jobs
+from sweeps.run.plan import plan_jobs
 from workers.catalog import TrialConfig
-from workers.live import JobProgress, Unit, running_jobs
-from workers.packing.plan import PackPlan
-from workers.runtime import RunContext
-from workers.storage import Storage
-from workers.trial import run_trial
-from workers.tune_entry import Background, run_job
+from workers.core.live import JobProgress, Unit, running_jobs
+from workers.core.storage import Storage
+from workers.jobs.runtime import RunContext
+from workers.jobs.trial import run_trial
+from workers.jobs.tune_entry import Background, run_job
+from workers.packing.policy import PackPlan
 
 TINY = {"dataset": "digits", "model": "resnet18k", "width": 2, "batch_size": 128, "epochs": 3, "milestones": [2],
         "lr": 0.05, "metrics": []}
@@ -161,8 +161,8 @@ def test_status_shows_a_running_job_from_s3(s3_endpoint):
 
 def test_watch_follows_a_sweep_until_it_is_complete(tmp_path, monkeypatch):
     from analysis.status import watch
-    from sweeps.driver import RunOptions, run
-    from sweeps.spec import SweepSpec
+    from sweeps.run.driver import RunOptions, run
+    from sweeps.run.spec import SweepSpec
 
     monkeypatch.setattr(live, "WRITE_EVERY_S", 0.0)
     spec = SweepSpec("taxonomy", "demo", "watched", str(tmp_path),

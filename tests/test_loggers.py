@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweeps.cli import main
+from sweeps.run.cli import main
 from workers.catalog import TrialConfig
-from workers.packing.plan import pack_id
+from workers.packing.policy import pack_id
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"width": 2, "batch_size": 128, "lr": 0.05, "dataset": "digits", "model": "resnet18k"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.models import MODELS, build_model, n_parameters
+from workers.base.models import MODELS, build_model, n_parameters
 
 
 def test_resnet18_width_64_has_the_standard_parameter_count():

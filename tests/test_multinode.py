@@ -20,7 +20,7 @@ from analysis import load_sweep
 CLUSTER_SCRIPT = """
 import json, sys
 from ray.cluster_utils import Cluster
-from sweeps.cli import main
+from sweeps.run.cli import main
 
 cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1, "include_dashboard": False}})
 cluster.add_node(num_cpus=1)

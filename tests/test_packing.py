@@ -1,7 +1,7 @@
 """Packed training: a member of a pack is its solo trial, computed together with others.
 
 Equivalence is checked in float64 on the CPU against the solo code path itself
-(`workers.trial.training_hooks` + `workers.train.fit`), for every packed optimizer and
+(`workers.jobs.trial.training_hooks` + `workers.training.train.fit`), for every packed optimizer and
 with members that differ in seed, lr, weight decay, momentum, label noise and
 initial-weight scale.
 """
@@ -14,17 +14,17 @@ import math
 import pytest
 import torch
 
+from workers.base.data import prepare
+from workers.base.models import MODELS, build_model
 from workers.catalog import TrialConfig
-from workers.data import prepare
-from workers.models import MODELS, build_model
-from workers.optim import lr_factor
+from workers.jobs.runtime import new_model, seed_everything
+from workers.jobs.trial import training_hooks
 from workers.packing.modules import member_state, pack, split_outputs, stack_inputs, unsupported_layers
 from workers.packing.optim import build_packed_optimizer
-from workers.packing.plan import PackPolicy, plan_packs, signature
+from workers.packing.policy import PackPolicy, plan_packs, signature
 from workers.packing.train import PackedUpdate, fit_packed
-from workers.runtime import new_model, seed_everything
-from workers.train import fit
-from workers.trial import training_hooks
+from workers.training.optim import lr_factor
+from workers.training.train import fit
 
 # 503 of digits' images in batches of 64: 7 steps per epoch, the lr schedule's step after the first.
 BASE = {"dataset": "digits", "model": "resnet18k", "width": 2, "batch_size": 64, "epochs": 2, "milestones": [1],
@@ -77,7 +77,7 @@ def packed_run(cfgs: list[TrialConfig]):
 
 
 def _augment(cfg: TrialConfig):
-    from workers.augment import Augment
+    from workers.training.augment import Augment
 
     return Augment.of(cfg.data)
 
@@ -198,14 +198,14 @@ def test_auto_packs_wider_models_and_larger_images_on_a_gpu_than_on_a_cpu():
 
 @pytest.mark.parametrize("bad", ["0", "-1", "two", ""])
 def test_a_bad_pack_setting_names_the_option(bad):
-    from workers.errors import ConfigError
+    from workers.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--pack"):
         PackPolicy.parse(bad, "cpu")
 
 
 def test_the_dry_run_lists_the_packs_and_a_bad_pack_setting_exits_2(capsys, tmp_path):
-    from sweeps.cli import main
+    from sweeps.run.cli import main
 
     assert main("taxonomy", "", ["--dry-run", "--storage", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -15,16 +15,16 @@ import pytest
 import torch
 
 from analysis import load_sweep
-from sweeps.driver import RunOptions, run
-from sweeps.spec import SweepSpec
-from workers import checkpoints
+from sweeps.run.driver import RunOptions, run
+from sweeps.run.spec import SweepSpec
+from workers.base import checkpoints
 from workers.catalog import TrialConfig
-from workers.errors import StorageError
-from workers.packing.job import run_pack
-from workers.packing.plan import pack_id
-from workers.runtime import RunContext
-from workers.storage import Storage
-from workers.trial import run_trial
+from workers.core.errors import StorageError
+from workers.core.storage import Storage
+from workers.jobs.pack_job import run_pack
+from workers.jobs.runtime import RunContext
+from workers.jobs.trial import run_trial
+from workers.packing.policy import pack_id
 
 TINY = {"dataset": "digits", "model": "resnet18k", "width": 2, "batch_size": 128, "epochs": 2, "milestones": [1],
         "lr": 0.05, "metrics": ["hessian"], "hessian.n_samples": 64}
@@ -81,7 +81,7 @@ def test_a_partly_trained_pack_trains_only_its_missing_members(tmp_path):
 def kill_pack_at(cfgs: list[TrialConfig], storage: str, epoch: int) -> int:
     """Run the pack job in a child process that SIGKILLs itself after `epoch`."""
     script = ("import sys, json; from workers.catalog import TrialConfig; "
-              "from workers.runtime import RunContext; from workers.packing.job import run_pack; "
+              "from workers.jobs.runtime import RunContext; from workers.jobs.pack_job import run_pack; "
               "run_pack([TrialConfig.from_flat(f) for f in json.loads(sys.argv[1])], [], "
               "RunContext(storage=sys.argv[2], sweep='test', threads=1))")
     key = pack_id([c.trial_key for c in cfgs])

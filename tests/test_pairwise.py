@@ -1,4 +1,4 @@
-"""Pairwise metrics (workers.pairwise) and the pair trial (workers.pair_trial)."""
+"""Pairwise metrics (workers.pair_metrics.pairwise) and the pair trial (workers.jobs.pair_trial)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import torch
 from torch import nn
 
 from analysis import load_sweep
-from workers import pairwise
 from workers.catalog import TrialConfig
-from workers.errors import ConfigError
-from workers.mc import mode_connectivity
-from workers.pair_trial import run_pair
-from workers.records import pair_key
-from workers.runtime import RunContext
-from workers.train import recompute_bn
-from workers.trial import run_trial
+from workers.core.errors import ConfigError
+from workers.core.mc import mode_connectivity
+from workers.core.records import pair_key
+from workers.jobs.pair_trial import run_pair
+from workers.jobs.runtime import RunContext
+from workers.jobs.trial import run_trial
+from workers.pair_metrics import pairwise
+from workers.training.train import recompute_bn
 
 # ---------------------------------------------------------------- CKA
 

@@ -22,8 +22,8 @@ from analysis.phases import (
 )
 from analysis.report import ReportOptions, phase_grid, write_report
 from analysis.yang2021 import import_archive
-from workers.errors import ConfigError
-from workers.storage import Storage
+from workers.core.errors import ConfigError
+from workers.core.storage import Storage
 
 ARCHIVE = Path(__file__).resolve().parent / "data" / "yang2021_results.tar.gz"  # the published archive
 

@@ -8,10 +8,10 @@ import functools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sweeps.plan import Holdings, plan_run, spec_id, spec_records
-from sweeps.spec import SweepSpec
-from workers.packing.plan import PackPolicy, plan_packs
-from workers.records import measure_key
+from sweeps.run.plan import Holdings, plan_run, spec_id, spec_records
+from sweeps.run.spec import SweepSpec
+from workers.core.records import measure_key
+from workers.packing.policy import PackPolicy, plan_packs
 
 CONTEXT = {"storage": "unused", "sweep": "t"}
 BASE = {"dataset": "digits", "model": "resnet18k", "epochs": 2, "milestones": [1], "metrics": ["hessian"],

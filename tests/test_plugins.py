@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from workers.base.data import DATASETS
+from workers.base.models import build_model
 from workers.catalog import TrialConfig
-from workers.data import DATASETS
 from workers.metrics import live_columns
-from workers.models import build_model
-from workers.optim import OPTIMIZERS, build_optimizer
 from workers.pair_metrics import PAIR_METRICS
 from workers.pair_metrics import live_columns as pair_live_columns
+from workers.training.optim import OPTIMIZERS, build_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = 48  # the new metric's samples in the tiny sweep
@@ -39,8 +39,8 @@ def register_gradnorm() -> None:
     replacement from the training set, taken in one batch."""
     from torch.nn import functional as F
 
-    from workers.config import Section, option, section
-    from workers.footprint import TRAIN_PASSES, Need
+    from workers.base.footprint import TRAIN_PASSES, Need
+    from workers.core.config import Section, option, section
     from workers.metrics import METRICS, Cost, Measurement, MetricContext
 
     @section("gradnorm", prefix="gradnorm", training=False)
@@ -73,11 +73,11 @@ def child(storage: str) -> dict:
     about it, as a user's `python sweeps/taxonomy.py ...` would."""
     register_gradnorm()
     from analysis.load import load_sweep
-    from sweeps.cli import main
-    from sweeps.estimate import estimate, metric_samples
-    from sweeps.spec import SweepSpec
+    from sweeps.preflight.estimate import estimate, metric_samples
+    from sweeps.run.cli import main
+    from sweeps.run.spec import SweepSpec
     from workers.metrics import live_columns as live
-    from workers.packing.plan import PackPolicy
+    from workers.packing.policy import PackPolicy
 
     flat = {"dataset": "digits", "model": "mlp", "width": 4, "batch_size": 128, "epochs": 1, "milestones": [1],
             "metrics": ["gradnorm"], "gradnorm.samples": SAMPLES}

@@ -9,9 +9,9 @@ import pickle
 
 import pytest
 
-import sweeps.progress as progress
+import sweeps.watch.terminal as progress
 from analysis.eta import Durations, Progress, clock, eta_seconds
-from sweeps.progress import OneLinePerTrial, Tally, Terminal
+from sweeps.watch.terminal import OneLinePerTrial, Tally, Terminal
 
 
 def test_the_eta_takes_each_class_its_own_time_and_shares_the_rest_over_the_running_jobs():

@@ -24,15 +24,15 @@ from analysis.replay import agreement, full_grid_phases, refined_phases, replay
 from analysis.report import ReportOptions, write_report
 from analysis.status import format_status
 from analysis.yang2021 import import_archive
-from sweeps.cli import main
-from sweeps.driver import RunOptions, run
-from sweeps.pairs import plan_pairs
-from sweeps.refine import Refiner
-from sweeps.searcher import Job, SweepSearcher
-from sweeps.spec import SweepSpec
-from workers.errors import ConfigError
-from workers.records import PAIRS, TRIALS, config_columns, to_table
-from workers.storage import Storage
+from sweeps.run.cli import main
+from sweeps.run.driver import RunOptions, run
+from sweeps.run.growth import Refiner
+from sweeps.run.pairs import plan_pairs
+from sweeps.run.searcher import Job, SweepSearcher
+from sweeps.run.spec import SweepSpec
+from workers.core.errors import ConfigError
+from workers.core.records import PAIRS, TRIALS, config_columns, to_table
+from workers.core.storage import Storage
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHIVE = ROOT / "tests" / "data" / "yang2021_results.tar.gz"

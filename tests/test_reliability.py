@@ -24,14 +24,14 @@ from hypothesis import strategies as st
 
 from analysis import load_sweep
 from analysis.status import format_status
-from sweeps.cli import main
-from sweeps.driver import RunOptions, run
-from sweeps.spec import SweepSpec, parse_assignment
-from workers import checkpoints
+from sweeps.run.cli import main
+from sweeps.run.driver import RunOptions, run
+from sweeps.run.spec import SweepSpec, parse_assignment
+from workers.base import checkpoints
 from workers.catalog import TrialConfig
-from workers.errors import ConfigError
-from workers.packing.plan import pack_id
-from workers.storage import Storage
+from workers.core.errors import ConfigError
+from workers.core.storage import Storage
+from workers.packing.policy import pack_id
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--set", "width=2", "--set", "batch_size=128", "--set", "metrics=", "--set", "measure_pairs=false",

@@ -27,7 +27,7 @@ from analysis.refine import RefineSettings
 from analysis.replay import replay
 from analysis.report import ReportOptions, write_report
 from analysis.yang2021 import import_archive
-from sweeps.cli import main as sweep_main
+from sweeps.run.cli import main as sweep_main
 
 ARCHIVE = Path(__file__).resolve().parent / "data" / "yang2021_results.tar.gz"
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")

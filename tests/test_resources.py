@@ -14,9 +14,9 @@ import textwrap
 
 import pytest
 
-from sweeps.cli import main
-from sweeps.resources import AUTO, WHOLE_GPU, gpu_fraction, job_gpus
-from workers.models import MODELS
+from sweeps.preflight.resources import AUTO, WHOLE_GPU, gpu_fraction, job_gpus
+from sweeps.run.cli import main
+from workers.base.models import MODELS
 
 
 @pytest.mark.parametrize(("width", "share"), [(1, 0.25), (8, 0.25), (9, 0.5), (32, 0.5), (33, 1.0), (128, 1.0)])
@@ -60,9 +60,9 @@ PACKING_SCRIPT = """
 import json, os, time
 import ray
 from ray import tune
-from sweeps.driver import RunOptions
-from sweeps.execute import run_jobs
-from sweeps.plan import Job
+from sweeps.run.driver import RunOptions
+from sweeps.run.execute import run_jobs
+from sweeps.run.plan import Job
 
 OUT = {out!r}
 

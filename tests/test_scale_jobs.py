@@ -8,9 +8,9 @@ import time
 
 from ray import tune
 
-from sweeps.driver import RunOptions
-from sweeps.execute import run_jobs, shard_jobs
-from sweeps.plan import Job
+from sweeps.run.driver import RunOptions
+from sweeps.run.execute import run_jobs, shard_jobs
+from sweeps.run.plan import Job
 
 
 def grid(cells: int, seeds: int) -> list[Job]:

@@ -20,9 +20,9 @@ import pytest
 from analysis import load_sweep
 from sweeps.slurm.__main__ import main
 from sweeps.slurm.request import time_limit_seconds
-from sweeps.slurm.storage import check_shared, mount_type
+from sweeps.slurm.shared_folder import check_shared, mount_type
 from tests.slurm_cluster import SlurmCluster, missing_reason
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

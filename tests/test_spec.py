@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sweeps.cli import main
-from sweeps.presets import preset_values
-from sweeps.spec import SweepSpec, parse_assignment
+from sweeps.run.cli import main
+from sweeps.run.presets import preset_values
+from sweeps.run.spec import SweepSpec, parse_assignment
 from workers.catalog import TrialConfig
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
 
 
 def spec(values: dict, **kw) -> SweepSpec:

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from sweeps.pairs import plan_pairs
-from sweeps.spec import SweepSpec
+from sweeps.run.pairs import plan_pairs
+from sweeps.run.spec import SweepSpec
 from workers.catalog import TrialConfig
-from workers.config import SECTIONS, Section, check_key, coerce, key_type
-from workers.errors import ConfigError
-from workers.records import measure_key
+from workers.core.config import SECTIONS, Section, check_key, coerce, key_type
+from workers.core.errors import ConfigError
+from workers.core.records import measure_key
 
 # Grids that vary training sections of every kind (bare and prefixed keys, optional
 # numbers, keyed-when-set and unhashed fields, tuples, several metrics, several
@@ -180,7 +180,7 @@ def test_a_bad_grid_fails_with_the_error_of_its_first_bad_point(bad, message):
 
 @pytest.mark.parametrize("values", GRIDS)
 def test_pack_signatures_are_those_of_the_straightforward_computation(values):
-    from workers.packing.plan import PER_MEMBER, _signature, signature
+    from workers.packing.policy import PER_MEMBER, _signature, signature
 
     own = {check_key(key) for key in PER_MEMBER}
     shared_json: dict[int, str] = {}

@@ -19,8 +19,8 @@ import pytest
 
 from analysis import load_sweep
 from bench.s3server import CREDENTIALS, uri
-from workers.errors import StorageError
-from workers.storage import Storage
+from workers.core.errors import StorageError
+from workers.core.storage import Storage
 
 
 def test_storage_round_trip_on_s3(s3_endpoint):
@@ -49,7 +49,7 @@ def test_missing_bucket_is_a_storage_error(s3_endpoint):
 
 SWEEP_SCRIPT = """
 import ray
-from sweeps.cli import main
+from sweeps.run.cli import main
 
 ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
 argv = ["--storage", {storage!r}, "--name", "s3sweep", "--set", "width=2", "--set", "seed=0,1",

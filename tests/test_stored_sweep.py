@@ -7,7 +7,7 @@ import tarfile
 from pathlib import Path
 
 from analysis import load_sweep
-from sweeps.cli import main
+from sweeps.run.cli import main
 
 ARCHIVE = Path(__file__).parent / "data" / "stored_sweep_v1.tar.gz"
 # The command that wrote the archive (see tests/data/README.md), with one more seed.

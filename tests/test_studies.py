@@ -13,10 +13,10 @@ import pytest
 from analysis import load_sweep
 from analysis.__main__ import main as analysis_main
 from analysis.studies import barrier_correlation, variant_label, write_study_report
-from sweeps.cli import main as sweep_main
-from sweeps.presets import PRESETS
-from sweeps.spec import SweepSpec
-from workers.errors import ConfigError
+from sweeps.run.cli import main as sweep_main
+from sweeps.run.presets import PRESETS
+from sweeps.run.spec import SweepSpec
+from workers.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("study", ["interpolation", "optimizers"])

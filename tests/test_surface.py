@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from tests.helpers import fit_full_batch, metric_context
+from workers.base.data import DataConfig, prepare
 from workers.catalog import TrialConfig
-from workers.data import DataConfig, prepare
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
 from workers.metrics.common import fixed_subset
 from workers.metrics.surface import SurfaceOptions, filter_normalised, measure
-from workers.train import evaluate
+from workers.training.train import evaluate
 
 
 def small_net() -> nn.Module:

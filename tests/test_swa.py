@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from workers import checkpoints
+from workers.base import checkpoints
 from workers.catalog import TrialConfig
-from workers.errors import ConfigError
-from workers.runtime import RunContext
-from workers.storage import Storage
-from workers.swa import Swa
-from workers.trial import run_trial
+from workers.core.errors import ConfigError
+from workers.core.storage import Storage
+from workers.jobs.runtime import RunContext
+from workers.jobs.trial import run_trial
+from workers.training.swa import Swa
 
 
 def test_average_of_the_epoch_end_weights_from_the_start_epoch():

@@ -7,10 +7,10 @@ import pytest
 
 from analysis import load_sweep
 from analysis.__main__ import main as analysis_main
-from sweeps.cli import main
+from sweeps.run.cli import main
 from workers.catalog import TrialConfig
-from workers.runtime import RunContext
-from workers.trial import run_trial
+from workers.jobs.runtime import RunContext
+from workers.jobs.trial import run_trial
 
 GRID = ["--set", "width=2,4", "--set", "seed=0,1", "--set", "epochs=2", "--set", "milestones=1",
         "--set", "batch_size=128", "--set", "metrics=", "--set", "measure_pairs=false"]
@@ -60,8 +60,8 @@ def test_four_trial_sweep_then_rerun_runs_nothing(ray_session, sweep_dir, capsys
 
 def test_a_reused_worker_leaks_no_state_between_trials(ray_session, sweep_dir, tiny):
     """Two trials in one worker process give the results each gives alone."""
-    from sweeps.driver import RunOptions, run
-    from sweeps.spec import SweepSpec
+    from sweeps.run.driver import RunOptions, run
+    from sweeps.run.spec import SweepSpec
 
     values = {**tiny, "width": [4, 2], "metrics": [], "measure_pairs": False}
     spec = SweepSpec("taxonomy", "demo", "reuse", str(sweep_dir), values)

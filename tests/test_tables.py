@@ -1,7 +1,7 @@
 """Consolidated tables: every reader sees every row exactly once, however stale the file.
 
 Records are real Parquet record files written with the project's writers
-(`workers.records`), on a local folder and on a moto S3 server.
+(`workers.core.records`), on a local folder and on a moto S3 server.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from analysis import load_sweep
 from analysis.status import format_status
 from bench.s3server import uri
 from workers.catalog import TrialConfig
-from workers.records import config_columns, to_table
-from workers.storage import Storage
-from workers.tables import (
+from workers.core.records import config_columns, to_table
+from workers.core.storage import Storage
+from workers.core.tables import (
     MANIFEST_KEY,
     compact,
     compact_sweep,
@@ -62,7 +62,7 @@ def write_model(store: Storage, cfg: TrialConfig, test_acc: float) -> None:
 
 
 def rewrite_later(store: Storage) -> None:
-    """An object store's mtime has 1 s resolution (see workers.tables): a recomputed
+    """An object store's mtime has 1 s resolution (see workers.core.tables): a recomputed
     record is written at least that much after its first version."""
     if not store.is_local:
         time.sleep(1.1)

@@ -9,9 +9,9 @@ import pytest
 
 from analysis import load_sweep
 from workers.catalog import TrialConfig
-from workers.runtime import RunContext
-from workers.storage import Storage
-from workers.trial import run_trial
+from workers.core.storage import Storage
+from workers.jobs.runtime import RunContext
+from workers.jobs.trial import run_trial
 
 
 def ctx(path) -> RunContext:
@@ -64,7 +64,7 @@ def test_divergence_is_a_recorded_status_not_an_exception(tiny, tmp_path):
 
 
 def test_a_failed_write_leaves_no_partial_file(tmp_path):
-    from workers.errors import StorageError
+    from workers.core.errors import StorageError
 
     storage = Storage.open(str(tmp_path))
     (tmp_path / "trials" / "x.parquet").mkdir(parents=True)  # the rename into place will fail
@@ -85,7 +85,7 @@ def test_listing_skips_temp_files(tmp_path):
 
 
 def test_empty_lists_keep_their_item_type_so_files_of_a_table_agree():
-    from workers.records import to_table
+    from workers.core.records import to_table
 
     schema = to_table([{"milestones": [], "metrics": [], "hessian_groups": []}]).schema
     assert str(schema.field("milestones").type) == "list<item: int64>"

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from analysis import load_sweep
-from sweeps.cli import main as sweep_main
+from sweeps.run.cli import main as sweep_main
+from workers.base.models import NO_BATCHNORM, build_model, load_start, scale_weights
 from workers.catalog import TrialConfig
-from workers.errors import ConfigError
-from workers.models import NO_BATCHNORM, build_model, load_start, scale_weights
-from workers.optim import OPTIMIZERS, LrSchedule, build_optimizer, lr_factor
-from workers.runtime import RunContext
-from workers.trial import run_trial
+from workers.core.errors import ConfigError
+from workers.jobs.runtime import RunContext
+from workers.jobs.trial import run_trial
+from workers.training.optim import OPTIMIZERS, LrSchedule, build_optimizer, lr_factor
 
 
 def ctx(path) -> RunContext:

@@ -15,7 +15,7 @@ import pytest
 from analysis import load_sweep
 from analysis.__main__ import main
 from analysis.yang2021 import ArchiveError, import_archive
-from workers import safe_pickle
+from workers.core import safe_pickle
 
 ARCHIVE = Path(__file__).resolve().parent / "data" / "yang2021_results.tar.gz"  # the published archive
 

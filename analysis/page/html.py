@@ -9,20 +9,17 @@ import json
 import shlex
 from importlib import resources
 from string import Template
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from plotly.offline import get_plotlyjs
 
-from analysis.diagram import HEATMAPS
+from analysis.diagram import HEATMAPS, ReportOptions
 from analysis.load import Sweep
 from analysis.page.payload import HISTORY_POINTS, curve_blocks, models_json, pairs_json, shown_pairs
 from analysis.page.views import label, selectors, views
 from analysis.phases import PHASES, THRESHOLD_NAMES, select
 from analysis.plots import PHASE_COLORS
 from analysis.refine import FINISHED, refined_grid
-
-if TYPE_CHECKING:
-    from analysis.report import ReportOptions
 
 
 def _static(name: str) -> str:

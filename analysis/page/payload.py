@@ -27,7 +27,7 @@ from analysis.phases import unique_pairs
 HISTORY_POINTS = 100  # the paper trains 100 epochs: its histories are drawn whole
 MODEL_NUMBERS = ("train_loss", "train_acc", "test_loss", "test_acc", "hessian_top_eigenvalue", "hessian_trace")
 PAIR_NUMBERS = ("mc", "cka_softmax", "l2_distance")
-INTERPOLATION_KINDS = ("interp_full", "interp_group", "interp_group_mirror")  # workers.metrics.interpolation
+INTERPOLATION_KINDS = ("interp_full", "interp_group", "interp_group_mirror")  # workers.metrics.paths
 BEZIER = "bezier"  # the pair metric's curve kind (workers.pair_metrics.bezier, analysis.yang2021)
 
 

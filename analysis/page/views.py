@@ -34,7 +34,7 @@ from analysis.refine import (
     ring_weights,
     weighted_mean,
 )
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
 
 POOLED = -1  # a selector's index for "pooled"
 # Columns of a view's cells the page reads: the classifier's inputs (the same names as

@@ -17,14 +17,14 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from sweeps.arguments import EXIT_BAD_INPUT, OneLineParser, number
+from sweeps.run.arguments import EXIT_BAD_INPUT, OneLineParser, number
 from sweeps.slurm import queue
 from sweeps.slurm.command import SweepCommand, parse_sweep_command
 from sweeps.slurm.request import LAUNCHERS, JobRequest, check_fits, check_request
 from sweeps.slurm.script import ScriptPlace, render
-from sweeps.slurm.storage import check_shared
-from workers.errors import ConfigError
-from workers.storage import is_uri
+from sweeps.slurm.shared_folder import check_shared
+from workers.core.errors import ConfigError
+from workers.core.storage import is_uri
 
 EXIT_SLURM_FAILED = 1
 

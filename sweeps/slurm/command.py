@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sweeps.presets import PRESETS
-from workers.errors import ConfigError
-from workers.storage import is_uri
+from sweeps.run.presets import PRESETS
+from workers.core.errors import ConfigError
+from workers.core.storage import is_uri
 
 FIELD = "sweep command"
 # Options the job sets itself (the Ray it starts) or that would not run the sweep on Ray.
@@ -36,7 +36,7 @@ class SweepCommand:
     storage: str  # --storage as given; the job runs in the submit directory, so relative paths agree
     folder: str  # the sweep folder: an absolute path or a URI
     cpus_per_trial: float
-    gpus_per_trial: float | str  # a number or "auto" (sweeps.resources)
+    gpus_per_trial: float | str  # a number or "auto" (sweeps.preflight.resources)
     headline: tuple[str, ...]  # the dry run's lines naming the sweep and its trial count
 
 
@@ -89,7 +89,7 @@ def parse_sweep_command(argv: list[str]) -> SweepCommand:
     """Check `argv` as the study's CLI would and learn what the job needs from it
     (`ConfigError` naming the sweep command, or `--storage`)."""
     study, args = _study_and_args(argv)
-    from sweeps import cli  # imports torch and Ray Tune (seconds): only after the cheap checks
+    from sweeps.run import cli  # imports torch and Ray Tune (seconds): only after the cheap checks
 
     parsed, _, err = _quietly(lambda: cli.build_parser(study, "").parse_args(args))
     if not hasattr(parsed, "storage"):

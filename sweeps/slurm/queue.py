@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
 
 NOT_ON_PATH = "not found on PATH; run submit on a Slurm login node, or add --dry-run to print the script"
 TIMEOUT_S = 60

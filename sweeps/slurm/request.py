@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sweeps.resources import AUTO
+from sweeps.preflight.resources import AUTO
 from sweeps.slurm.command import SweepCommand
-from workers.errors import ConfigError
+from workers.core.errors import ConfigError
 
 LAUNCHERS = ("symmetric", "explicit")
 # Slurm sends the batch script USR1 this long before the time limit (--resubmit); its

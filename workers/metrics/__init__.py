@@ -9,7 +9,7 @@ needs to know without running it:
 - `options`: its section, addressed in a spec as `name.field` (`hessian.n_samples=2000`);
 - `cost`: its cost model for `--estimate` (`Cost`); None: not modelled, and the
   estimate says it left the metric out;
-- `memory`: `need(options, cfg) -> workers.footprint.Need`, what measuring one model
+- `memory`: `need(options, cfg) -> workers.base.footprint.Need`, what measuring one model
   holds on the device at once, for the memory check before a sweep; None: no more than
   training;
 - `live`: the names of its scalars a job reports when it ends (to Ray Tune, the driver's
@@ -17,7 +17,7 @@ needs to know without running it:
   (`live_columns`); the records always hold every scalar.
 
 `workers.catalog` imports every metric module. Metrics run on the final model after
-training, or later on stored checkpoints (see `workers.trial`). `MeasureConfig` says
+training, or later on stored checkpoints (see `workers.jobs.trial`). `MeasureConfig` says
 which metrics a trial measures.
 """
 
@@ -27,24 +27,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from workers.config import Section, TrialConfig, option, section
-from workers.errors import ConfigError
-from workers.registry import Registry
+from workers.core.config import Section, TrialConfig, option, section
+from workers.core.errors import ConfigError
+from workers.core.registry import Registry
 
 if TYPE_CHECKING:
     import torch
 
-    from workers.data import Splits
+    from workers.base.data import Splits
 
 METRICS = Registry("metric", requires=("cost", "memory", "live"))
 
 
 @dataclass(frozen=True)
 class Cost:
-    """A metric's cost model for `--estimate` (`sweeps.estimate`). `passes(options, cfg)`
+    """A metric's cost model for `--estimate` (`sweeps.preflight.estimate`). `passes(options, cfg)`
     is the work of measuring one model (a pair metric: one pair) in forward-pass
     equivalents, samples x passes through the model (a training pass, forward and
-    backward, is `workers.footprint.TRAIN_PASSES` of them); the estimate prices them at
+    backward, is `workers.base.footprint.TRAIN_PASSES` of them); the estimate prices them at
     the seconds per FLOP it timed. `assumes` is what the model takes for granted beyond
     counting, printed under the estimate."""
 

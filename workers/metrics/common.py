@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from workers.config import TrialConfig
-from workers.errors import ConfigError
-from workers.footprint import model_footprint
-from workers.train import evaluate
+from workers.base.footprint import model_footprint
+from workers.core.config import TrialConfig
+from workers.core.errors import ConfigError
+from workers.training.train import evaluate
 
 if TYPE_CHECKING:
-    from workers.data import Splits
+    from workers.base.data import Splits
 
 NAN = float("nan")
 

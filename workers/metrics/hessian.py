@@ -47,9 +47,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workers.config import Section, TrialConfig, option, section
-from workers.errors import ConfigError
-from workers.footprint import TRAIN_PASSES, Need
+from workers.base.footprint import TRAIN_PASSES, Need
+from workers.core.config import Section, TrialConfig, option, section
+from workers.core.errors import ConfigError
 from workers.metrics import METRICS, Cost, Measurement, MetricContext
 from workers.metrics.common import (
     NAN,

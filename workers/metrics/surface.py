@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.config import Section, TrialConfig, option, section
-from workers.errors import ConfigError
-from workers.footprint import Need
+from workers.base.footprint import Need
+from workers.core.config import Section, TrialConfig, option, section
+from workers.core.errors import ConfigError
 from workers.metrics import METRICS, Measurement, MetricContext
 from workers.metrics.common import EvalSets, curve_row, trainable
 

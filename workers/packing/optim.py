@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from workers.config import TrialConfig
-from workers.registry import Registry
+from workers.core.config import TrialConfig
+from workers.core.registry import Registry
 
 PACKED_OPTIMIZERS = Registry("packed optimizer")
 
@@ -170,7 +170,7 @@ class PackedAdam(PackedOptimizer):
 
 
 class PackedAliG(PackedOptimizer):
-    """ALI-G (workers.alig) per member: s_g = loss_g / (||grad_g||^2 + delta), capped at
+    """ALI-G (workers.training.alig) per member: s_g = loss_g / (||grad_g||^2 + delta), capped at
     the member's max_lr; weights kept in the ball of radius max_norm per member.
 
     `step(closure)`: `closure()` returns the (G,) losses of the minibatch.
@@ -209,7 +209,7 @@ class PackedAliG(PackedOptimizer):
             block, grad = p.unflatten(0, (self.members, -1)), p.grad.unflatten(0, (self.members, -1))
             update = grad * self._per_element(-gamma, block)
             block.add_(update)
-            if moving:  # v <- mu v - gamma g; w <- w + mu v (workers.alig's form)
+            if moving:  # v <- mu v - gamma g; w <- w + mu v (workers.training.alig's form)
                 mu = self._per_element(self.mu, block)
                 buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                 buffer = buffer.unflatten(0, (self.members, -1)).mul_(mu).add_(update)
@@ -271,5 +271,5 @@ def packed_alig(params: list[torch.nn.Parameter], cfgs: Sequence[TrialConfig]) -
 
 
 def build_packed_optimizer(params: list[torch.nn.Parameter], cfgs: Sequence[TrialConfig]) -> PackedOptimizer:
-    """The members' optimizer (they share its name, see `workers.packing.plan`)."""
+    """The members' optimizer (they share its name, see `workers.packing.policy`)."""
     return PACKED_OPTIMIZERS.get(cfgs[0].optim.optimizer)([p for p in params if p.requires_grad], cfgs)

@@ -1,6 +1,6 @@
 """The packed training epoch: G members, each on its own solo batches.
 
-Member g's batches come from `workers.train.epoch_batches` with its own seed and
+Member g's batches come from `workers.training.train.epoch_batches` with its own seed and
 labels, exactly as its solo trial draws them (order and augmentation from the epoch's
 generator); the G batches of a step are stacked along channels into one packed batch.
 The loss is the sum of the members' mean cross-entropies: each member's parameters see
@@ -21,15 +21,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workers.augment import NONE, Augment
-from workers.fast_path import PLAIN, FastPath
 from workers.packing.modules import split_outputs, stack_inputs
 from workers.packing.optim import PackedOptimizer
-from workers.train import EpochStats, TrainConfig, epoch_batches
+from workers.training.augment import NONE, Augment
+from workers.training.fast_path import PLAIN, FastPath
+from workers.training.train import EpochStats, TrainConfig, epoch_batches
 
 
 def pack_fast_path(train: TrainConfig, device: str) -> FastPath:
-    """How a pack trains on `device`: the members' fast path (workers.fast_path)."""
+    """How a pack trains on `device`: the members' fast path (workers.training.fast_path)."""
     return FastPath.for_device(train, device)
 
 

@@ -6,7 +6,7 @@ The same shape as the per-model metrics (`workers.metrics`): an entry is
 in its own module (`similarity`: CKA and L2 on every pair; `bezier`: mode connectivity
 on the first `pairs.mc_pairs` pairs of a cell). `scalars` are the columns it fills in
 the pairs row; `live`, `cost` and `memory` mean what they mean for a per-model metric,
-with `options` the `pairs` section and `cfg` the lower seed's config. `workers.pair_trial` runs them and writes the
+with `options` the `pairs` section and `cfg` the lower seed's config. `workers.jobs.pair_trial` runs them and writes the
 records; `workers.catalog` imports every module. Their options are one section,
 `pairs.*` (below), because the pair's record key hashes them together.
 """
@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from workers.config import Section, TrialConfig, option, section
-from workers.data import Splits
+from workers.base.data import Splits
+from workers.core.config import Section, TrialConfig, option, section
+from workers.core.registry import Registry
 from workers.metrics import Measurement
-from workers.registry import Registry
 
 PAIR_METRICS = Registry("pair metric", requires=("scalars", "live", "cost", "memory"))
 

@@ -1,7 +1,7 @@
 """Mode connectivity of a seed pair: a quadratic Bezier curve between the two models,
 its bend trained for low loss (Garipov et al. 2018), evaluated along t and summarised as
 the taxonomy paper's mc on training error, training loss and test error
-(`workers.mc.curve_summary`). Only the first `pairs.mc_pairs` pairs of a cell get one."""
+(`workers.core.mc.curve_summary`). Only the first `pairs.mc_pairs` pairs of a cell get one."""
 
 from __future__ import annotations
 
@@ -10,21 +10,20 @@ import math
 
 from torch import nn
 
-from workers import pairwise
-from workers.augment import Augment
-from workers.config import TrialConfig
-from workers.data import DATASETS
-from workers.footprint import Need
-from workers.mc import curve_summary
+from workers.base.data import DATASETS
+from workers.base.footprint import Need
+from workers.core.config import TrialConfig
+from workers.core.mc import curve_summary
 from workers.metrics import Cost
-from workers.pair_metrics import PAIR_METRICS, PairConfig, PairContext, PairMeasurement
+from workers.pair_metrics import PAIR_METRICS, PairConfig, PairContext, PairMeasurement, pairwise
+from workers.training.augment import Augment
 
 CURVE_COLUMNS = ("t", "split", "loss", "acc", "err")  # what the summary reads of a stored curve
 
 
 def passes(options: PairConfig, cfg: TrialConfig) -> float:
     """The curve's evaluation: per point, BatchNorm statistics on the training set,
-    then both splits. Its fit is training, which `sweeps.estimate` times as a step of its
+    then both splits. Its fit is training, which `sweeps.preflight.estimate` times as a step of its
     own (the Bezier step)."""
     n_train, n_test = cfg.data.n_train(), DATASETS.meta(cfg.data.dataset)["n_test"]
     return options.bezier_points * (2 * n_train + n_test)

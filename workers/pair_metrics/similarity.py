@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from workers import pairwise
-from workers.config import TrialConfig
-from workers.footprint import Need
+from workers.base.footprint import Need
+from workers.core.config import TrialConfig
 from workers.metrics import Cost
-from workers.pair_metrics import PAIR_METRICS, PairConfig, PairContext, PairMeasurement
+from workers.pair_metrics import PAIR_METRICS, PairConfig, PairContext, PairMeasurement, pairwise
 
 PROBE_SEED = 0  # every pair of a sweep is compared on the same CKA probe inputs
 SCALARS = ("cka_logits", "cka_softmax", "l2_distance")
