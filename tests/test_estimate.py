@@ -68,8 +68,11 @@ def test_metric_samples_count_evaluation_hessian_and_interpolation_passes() -> N
     # 256 samples: one gradient (3 passes) and 10 Lanczos + 4 trace HVPs of 2 training passes each
     assert metric_samples(hessian) == (evaluation + 256 * 3 * (1 + 2 * 14), [])
     layers = TrialConfig.from_flat({**base, "metrics": ["interpolation", "surface"], "interpolation.groups": ["stage"]})
-    # 21 full-path points + 6 stages (stem, 4 stages, head) x 11 points, on 256 train and 256 test samples
-    assert metric_samples(layers) == (evaluation + (21 + 6 * 11) * 2 * 256, ["surface"])
+    # interpolation: 21 full-path points + 6 stages (stem, 4 stages, head) x 11 points; surface: theta_T,
+    # 21 points of the 1D slice and 11 x 11 of the 2D one; each on 256 train and 256 test samples
+    assert metric_samples(layers) == (evaluation + (21 + 6 * 11) * 2 * 256 + (1 + 21 + 11 * 11) * 2 * 256, [])
+    one_slice = TrialConfig.from_flat({**base, "metrics": ["surface"], "surface.dims": [1]})
+    assert metric_samples(one_slice) == (evaluation + (1 + 21) * 2 * 256, [])
 
 
 def test_fit_recovers_a_line_and_keeps_coefficients_non_negative() -> None:

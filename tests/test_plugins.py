@@ -1,7 +1,8 @@
 """A plug-in is one file: the metric `register_gradnorm` declares below, with its cost
 model, memory and live scalars on its registry entry, shows up in `--estimate`, the
-memory check, the records and the live columns without a line anywhere else; and every
-registered plug-in declares what the code around it reads.
+memory check, the records and the live columns without a line anywhere else (and one
+without a cost model, `register_weightnorm`, is named as left out of the estimate);
+and every registered plug-in declares what the code around it reads.
 
 The new metric is registered only in a child process (`python tests/test_plugins.py
 STORAGE`): registered here, its options would join every config of this pytest process
@@ -68,10 +69,28 @@ def register_gradnorm() -> None:
         return Measurement({"norm": float(torch.cat([g.flatten() for g in grads]).norm())})
 
 
+def register_weightnorm() -> None:
+    """A plug-in without a cost model (`cost=None`): the estimate leaves it out and says so."""
+    from workers.base.footprint import Need
+    from workers.core.config import Section, option, section
+    from workers.metrics import METRICS, Measurement, MetricContext
+
+    @section("weightnorm", prefix="weightnorm", training=False)
+    @dataclass(frozen=True)
+    class WeightNormOptions(Section):
+        scale: float = option(1.0, gt=0)
+
+    @METRICS.register("weightnorm", options=WeightNormOptions, cost=None,
+                      memory=lambda options, cfg: Need(1, 0, "weightnorm.scale"), live=())
+    def measure(model: torch.nn.Module, options: WeightNormOptions, context: MetricContext) -> Measurement:
+        return Measurement({"norm": options.scale * float(torch.cat([p.flatten() for p in model.parameters()]).norm())})
+
+
 def child(storage: str) -> dict:
-    """Register the metric, then ask the estimate, the memory check and a real sweep
-    about it, as a user's `python sweeps/taxonomy.py ...` would."""
+    """Register the metrics, then ask the estimate, the memory check and a real sweep
+    about them, as a user's `python sweeps/taxonomy.py ...` would."""
     register_gradnorm()
+    register_weightnorm()
     from analysis.load import load_sweep
     from sweeps.preflight.estimate import estimate, metric_samples
     from sweeps.run.cli import main
@@ -84,6 +103,8 @@ def child(storage: str) -> dict:
     trials = SweepSpec("taxonomy", "demo", "p", storage, flat).trials()
     cfg = trials[0]
     projection = estimate(trials, PackPolicy.parse("off", "cpu"), "cpu", budget_s=2)
+    uncosted = SweepSpec("taxonomy", "demo", "w", storage, {**flat, "metrics": ["weightnorm"]}).trials()
+    left_out = estimate(uncosted, PackPolicy.parse("off", "cpu"), "cpu", budget_s=2).format()
     with_it, without = metric_samples(cfg), metric_samples(TrialConfig.from_flat({**flat, "metrics": []}))
 
     refused = main("taxonomy", "", ["--in-process", "--storage", storage, "--name", "huge", *TINY,
@@ -97,7 +118,7 @@ def child(storage: str) -> dict:
     measures = load_sweep(str(Path(storage) / "p")).measures
     outcomes = [line.split(",") for path in (Path(storage) / "p" / "_tune" / "runs").glob("*/outcome.csv")
                 for line in path.read_text().splitlines()[:1]]  # each model's tracker run: the header
-    return {"reported": outcomes, "estimate": projection.format(), "metric_passes": with_it[0] - without[0], "missing": with_it[1],
+    return {"reported": outcomes, "left_out": left_out, "estimate": projection.format(), "metric_passes": with_it[0] - without[0], "missing": with_it[1],
             "refused": refused, "ran": ran, "live": list(live()),
             "measured": measures.loc[measures["metric"] == "gradnorm", "gradnorm_norm"].tolist(),
             "columns": list(measures.columns), "statuses": measures["status"].tolist()}
@@ -117,6 +138,11 @@ def test_a_new_metric_is_priced_by_the_estimate(seen):
     assert result["metric_passes"] == 3 * SAMPLES and result["missing"] == []  # its own cost model, nothing else
     assert "evaluation + metrics (gradnorm)" in result["estimate"]
     assert "not modelled" not in result["estimate"] and "gradnorm: one batch" in result["estimate"]
+
+
+def test_a_metric_without_a_cost_model_is_named_as_left_out(seen):
+    result, _ = seen
+    assert "metrics not modelled (left out): weightnorm" in result["left_out"]
 
 
 def test_a_new_metric_is_in_the_memory_check(seen):

@@ -22,7 +22,7 @@ from torch import nn
 from workers.base.footprint import Need
 from workers.core.config import Section, TrialConfig, option, section
 from workers.core.errors import ConfigError
-from workers.metrics import METRICS, Measurement, MetricContext
+from workers.metrics import METRICS, Cost, Measurement, MetricContext
 from workers.metrics.common import EvalSets, curve_row, trainable
 
 State = dict[str, torch.Tensor]
@@ -82,8 +82,14 @@ def memory(options: SurfaceOptions, cfg: TrialConfig) -> Need:
     return Need(6, 0, "surface.eval_samples")
 
 
-# No cost model yet: `--estimate` names it among the metrics it leaves out.
-@METRICS.register("surface", options=SurfaceOptions, cost=None, memory=memory, live=())
+def passes(options: SurfaceOptions, cfg: TrialConfig) -> float:
+    """Forward-pass equivalents of one measurement: theta_T and every point of each
+    slice, evaluated on both subsets (the directions cost one pass over the weights)."""
+    points = 1 + options.points * (1 in options.dims) + options.points_2d ** 2 * (2 in options.dims)
+    return points * 2 * min(options.eval_samples, cfg.data.n_train())
+
+
+@METRICS.register("surface", options=SurfaceOptions, cost=Cost(passes), memory=memory, live=())
 def measure(model: nn.Module, options: SurfaceOptions, context: MetricContext) -> Measurement:
     """1D and 2D slices of the loss around theta_T; the rise of the training loss above
     its value at theta_T (max and mean over each grid) as scalars."""
