@@ -44,10 +44,15 @@ def _positions(column: pd.Series, values: list) -> list[int]:
 def _placed(frame: pd.DataFrame, x: str, y: str, xs: list, ys: list, axes: list[Selector],
             blob_of: dict[str, int]) -> dict[str, list]:
     """Where each row sits: diagram indices, a value index per selector, its curve block."""
-    out = {"xi": _positions(frame[x], xs), "yi": _positions(frame[y], ys),
-           "sel": [_positions(frame[s.axis], s.values) for s in axes],
-           "blob": [blob_of.get(key, -1) for key in frame["cell_key"].fillna("")]}
+    out = {"xi": _positions(_column(frame, x), xs), "yi": _positions(_column(frame, y), ys),
+           "sel": [_positions(_column(frame, s.axis), s.values) for s in axes],
+           "blob": [blob_of.get(key, -1) for key in _texts(frame, "cell_key")]}
     return out
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """A column, or NaN where the table has none (no pairs at all: no columns either)."""
+    return frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
 
 
 def models_json(trials: pd.DataFrame, x: str, y: str, xs: list, ys: list, axes: list[Selector],
@@ -63,8 +68,8 @@ def models_json(trials: pd.DataFrame, x: str, y: str, xs: list, ys: list, axes: 
 def pairs_json(pairs: pd.DataFrame, x: str, y: str, xs: list, ys: list, axes: list[Selector],
                blob_of: dict[str, int]) -> dict[str, list]:
     out = _placed(pairs, x, y, xs, ys, axes, blob_of)
-    out["seed_a"], out["seed_b"] = pairs["seed_a"].astype(int).tolist(), pairs["seed_b"].astype(int).tolist()
-    out["status"] = pairs["status"].fillna("").astype(str).tolist()
+    out["seed_a"], out["seed_b"] = (_column(pairs, side).astype(int).tolist() for side in ("seed_a", "seed_b"))
+    out["status"] = _texts(pairs, "status").tolist()
     for column in PAIR_NUMBERS:
         out[column] = numbers(pairs[column] if column in pairs else None, len(pairs))
     return out
@@ -108,12 +113,12 @@ def curve_blocks(history: pd.DataFrame, curves: pd.DataFrame, trials: pd.DataFra
         kinds = _texts(curves, "kind")
         interp = curves[kinds.isin(INTERPOLATION_KINDS) & _texts(curves, "trial_key").isin(model_of)]
         for (key, kind, group, split), part in interp.groupby(
-                [_texts(interp, "trial_key"), interp["kind"], _texts(interp, "group"), interp["split"]], sort=True):
+                [_texts(interp, column) for column in ("trial_key", "kind", "group", "split")], sort=True):
             part = part.sort_values("t", kind="stable")
             blocks[cell_of_model[key]]["i"].setdefault(model_of[key], []).append(
                 [kind, group, split, rounded(part["t"]), rounded(part["loss"])])
         bezier = curves[(kinds == BEZIER) & _texts(curves, "pair_key").isin(pair_of)]
-        for (key, split), part in bezier.groupby(["pair_key", "split"], sort=True):
+        for (key, split), part in bezier.groupby([_texts(bezier, "pair_key"), _texts(bezier, "split")], sort=True):
             part = part.sort_values("t", kind="stable")
             err = part["err"] if "err" in part else 100.0 * (1.0 - part["acc"]) if "acc" in part else part["t"] * np.nan
             blocks[cell_of_pair[key]]["b"].setdefault(pair_of[key], []).append(

@@ -31,18 +31,26 @@ RAY_PRINTER = "ray_print_logs"  # the name Ray's own printing handler is registe
 
 
 class RayLog:
-    """A text stream onto the current experiment's log (lines before the first wait)."""
+    """A text stream onto the current experiment's log (lines before the first wait).
+
+    The log is in the sweep folder, so a full disk stops it: its output is then dropped
+    with one warning, never raised into Ray's or Tune's printing (the driver must still
+    say what was recorded)."""
 
     def __init__(self) -> None:
         self.file: TextIO | None = None
         self.pending: list[str] = []
+        self.path = ""
 
     def write(self, text: str) -> int:
         if self.file is None:
             self.pending.append(text)
-        else:
+            return len(text)
+        try:
             self.file.write(text)
             self.file.flush()  # a killed driver leaves its log complete
+        except OSError as exc:
+            self._give_up(exc)
         return len(text)
 
     def flush(self) -> None:
@@ -50,12 +58,24 @@ class RayLog:
 
     def to(self, path: str) -> None:
         """Write to `path` (appending) from now on."""
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        previous, self.file = self.file, open(path, "a")
-        self.write("".join(self.pending))
-        self.pending.clear()
+        previous, self.path = self.file, path
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.file = open(path, "a")
+        except OSError as exc:
+            self.file = None
+            self._give_up(exc)
         if previous is not None:
-            previous.close()
+            with contextlib.suppress(OSError):
+                previous.close()
+        if self.file is not None:
+            self.write("".join(self.pending))
+            self.pending.clear()
+
+    def _give_up(self, exc: OSError) -> None:
+        """Drop Ray's output from now on (to a stream that discards it), saying so once."""
+        print(f"warning: Ray's log {self.path} cannot be written ({exc}); Ray's output is dropped", file=sys.stderr)
+        self.file, self.pending = open(os.devnull, "w"), []
 
 
 RAY_LOG = RayLog()

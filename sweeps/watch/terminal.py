@@ -224,12 +224,16 @@ class OneLinePerTrial(tune.Callback):
 def kept_error(trial: Any) -> str:
     """Where a failed trial's error is told: Tune writes it into Ray's session folder
     (`/tmp/ray/session_*`, gone with the session), so it is copied into the trial's
-    folder under the sweep's `_tune/`; that folder if Tune wrote none."""
+    folder under the sweep's `_tune/`; that folder if Tune wrote none, Ray's own file if
+    the copy cannot be written (a full disk: the line must still be printed)."""
     if not trial.error_file or not os.path.exists(trial.error_file):
         return trial.path
-    os.makedirs(trial.path, exist_ok=True)
     kept = os.path.join(trial.path, os.path.basename(trial.error_file))
-    shutil.copyfile(trial.error_file, kept)
+    try:
+        os.makedirs(trial.path, exist_ok=True)
+        shutil.copyfile(trial.error_file, kept)
+    except OSError:
+        return trial.error_file
     return kept
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
