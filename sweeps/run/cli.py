@@ -247,4 +247,5 @@ def print_report(study: str, path: str, thresholds: str) -> None:
         print(f"phases ({thresholds} thresholds; {report.y} down, {report.x} across; ? = near a threshold"
               f"{'; ' + name if name else ''}):")
         print(phase_grid(report.cells, report.x, report.y).to_string())
-        print(f"phase diagram: {report.files['phase_diagram']}\nreport: {report.files['summary']}")
+        print(f"phase diagram: {report.files['phase_diagram']}\nreport: {report.files['summary']}\n"
+              f"explore it in a browser: {report.files['page']}")
