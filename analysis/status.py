@@ -25,13 +25,15 @@ from workers.core.records import MEASURES, PAIRS, TRIALS
 class TableStatus:
     table: str
     expected: int | None  # None: unknown (no spec.json, e.g. imported data)
-    done: int
-    diverged: int
-    failed: int
+    done: int  # records of status ok
+    diverged: int  # records of status diverged (a metric or pair of a diverged model: not measured)
+    failed: int  # jobs that failed with no record yet (a rerun tries them again), plus `recorded_failed`
+    recorded_failed: int = 0  # records of status failed (a metric that raised: not tried again)
 
     @property
     def missing(self) -> int | None:
-        return None if self.expected is None else max(0, self.expected - self.done - self.diverged)
+        return None if self.expected is None else max(0, self.expected - self.done - self.diverged
+                                                      - self.recorded_failed)
 
 
 def expected_counts(spec: dict) -> dict[str, int | None]:
@@ -63,14 +65,17 @@ def table_status(sweep: Sweep) -> list[TableStatus]:
         expected = dict.fromkeys(expected)
     failed = failed_jobs(sweep)
     n_failed = failed["kind"].value_counts().to_dict() if not failed.empty else {}
-    statuses = sweep.trials["status"] if "status" in sweep.trials else pd.Series(dtype=str)
-    n_measures = len(sweep.measures)
-    return [
-        TableStatus(TRIALS, expected[TRIALS], int((statuses == "ok").sum()),
-                    int((statuses == "diverged").sum()), n_failed.get("train", 0)),
-        TableStatus(MEASURES, expected[MEASURES], n_measures, 0, 0),
-        TableStatus(PAIRS, expected[PAIRS], len(sweep.pairs), 0, n_failed.get("pair", 0)),
-    ]
+    counts = {table: _statuses(frame) for table, frame in ((TRIALS, sweep.trials), (MEASURES, sweep.measures),
+                                                            (PAIRS, sweep.pairs))}
+    jobs = {TRIALS: n_failed.get("train", 0), MEASURES: 0, PAIRS: n_failed.get("pair", 0)}
+    return [TableStatus(table, expected[table], ok, diverged, jobs[table] + failed, failed)
+            for table, (ok, diverged, failed) in counts.items()]
+
+
+def _statuses(frame: pd.DataFrame) -> tuple[int, int, int]:
+    """Records of status ok, diverged and failed (a record without a status is ok)."""
+    statuses = frame["status"].fillna("ok") if "status" in frame else pd.Series("ok", index=frame.index)
+    return tuple(int((statuses == status).sum()) for status in ("ok", "diverged", "failed"))
 
 
 def format_status(sweep: Sweep) -> str:

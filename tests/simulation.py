@@ -537,9 +537,12 @@ def _shown_stale(sweep: Sweep, weights: dict[str, str]) -> list[str]:
 def _miscounted(sweep: Sweep, case: Case, shot: Snapshot) -> list[str]:
     """`analysis.status` against the grid and the record files: expected, done and
     diverged as the records say, nothing failed (a kill files no failure)."""
-    statuses = [rows[0]["status"] for rows in shot.records[TRIALS].values()]
-    held = {TRIALS: (statuses.count("ok"), statuses.count("diverged")),
-            MEASURES: (len(current(shot, MEASURES)), 0), PAIRS: (len(current(shot, PAIRS)), 0)}
+    def by_status(table: str, names: list[str]) -> tuple[int, int]:
+        statuses = [shot.records[table][name][0].get("status") or "ok" for name in names]
+        return statuses.count("ok"), statuses.count("diverged")
+
+    held = {TRIALS: by_status(TRIALS, list(shot.records[TRIALS])),
+            MEASURES: by_status(MEASURES, current(shot, MEASURES)), PAIRS: by_status(PAIRS, current(shot, PAIRS))}
     expected = case.expected()
     problems = []
     for status in table_status(sweep):

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from analysis import load_sweep
+from analysis.status import table_status
 from sweeps.run.driver import RunOptions, run
 from sweeps.run.spec import SweepSpec
 from workers.base import checkpoints
@@ -154,6 +155,9 @@ def test_a_metric_failing_on_one_member_leaves_its_pack_and_pairs_measured(tmp_p
     ok = measures.drop(victim)
     assert (ok["status"] == "ok").all() and ok["hessian_top_eigenvalue"].notna().all()
     assert len(sweep.pairs) == 3 and (sweep.pairs["status"] == "ok").all()
+    # status: the failed measure counted as failed, not done and not missing
+    assert [(s.done, s.diverged, s.failed, s.missing) for s in table_status(sweep)] == \
+        [(3, 0, 0, 0), (2, 0, 1, 0), (3, 0, 0, 0)]
     again = run(spec, spec.trials(), RunOptions(in_process=True, pack="3"), log=lines.append)
     assert again.ran == 0  # recorded as failed: it would fail the same way again
 
@@ -180,7 +184,10 @@ def test_a_diverged_model_owes_no_metric_so_nothing_counts_as_failed_or_runs_aga
     spec = _spec(tmp_path, seed=0, lr=[0.05, 1e6], **HESSIAN)
     summary = run(spec, spec.trials(), RunOptions(in_process=True, pack="2"), log=lambda line: None)
     assert summary.failed == 0 and summary.ran == 2
-    measures = load_sweep(str(tmp_path / "s")).measures.set_index("lr")
+    sweep = load_sweep(str(tmp_path / "s"))
+    measures = sweep.measures.set_index("lr")
     assert measures.loc[1e6, "status"] == "diverged" and measures.loc[1e6, "error"].startswith("not measured: ")
     assert measures.loc[0.05, "status"] == "ok"
+    # status: the diverged model's measure is diverged, as the model is; nothing missing
+    assert [(s.done, s.diverged, s.failed, s.missing) for s in table_status(sweep)[:2]] == [(1, 1, 0, 0)] * 2
     assert run(spec, spec.trials(), RunOptions(in_process=True, pack="2"), log=lambda line: None).ran == 0
