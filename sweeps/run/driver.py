@@ -96,12 +96,13 @@ def settle(storage: Storage) -> Settled:
     return Settled(lines + stale, holdings(storage, listings, files), listings[TRIALS])
 
 
-def settle_again(storage: Storage, before: Settled, rounds: Rounds, say: Log) -> Plan | None:
-    """After the jobs, the plan of what they left stale, if any. A job that finds a
-    model's final weights damaged (bit rot that start-up cannot see) trains it again,
-    with other weights: the records derived earlier from the old ones (the model's
-    other pairs) are then stale, and a run must not report success with them. Only a
-    trials record that changed during the run (a listing's stamps) calls for this."""
+def settle_again(storage: Storage, before: Settled, rounds: Rounds, say: Log) -> tuple[Plan, Settled] | None:
+    """After the jobs, the plan of what they left stale, if any, and the folder it was
+    planned from (what the next pass compares with). A job that finds a model's final
+    weights damaged (bit rot that start-up cannot see) trains it again, with other
+    weights: the records derived earlier from the old ones (the model's other pairs)
+    are then stale, and a run must not report success with them. Only a trials record
+    that changed since `before` (a listing's stamps) calls for this."""
     now = storage.list_files(TRIALS, ".parquet")
     if all(now.get(key) == stamp for key, stamp in before.trials.items()):
         return None
@@ -111,11 +112,12 @@ def settle_again(storage: Storage, before: Settled, rounds: Rounds, say: Log) ->
     plan = plan_run(rounds.planned, settled.held, rounds.packer, rounds.context)
     if not plan.jobs:
         return None
-    owed = [f"{n} {what}" for n, what in ((len(plan.todo), "models"), (len(plan.pairs), "seed pairs")) if n]
+    owed = [f"{n} {what if n > 1 else what[:-1]}" for n, what in ((len(plan.todo), "models"),
+                                                                   (len(plan.pairs), "seed pairs")) if n]
     say(f"{' and '.join(owed)} to run again: models trained again during this run left them stale")
     rounds.held = settled.held
     rounds.plans.append(plan)
-    return plan
+    return plan, settled
 
 
 def unrecorded(configs: list[TrialConfig], storage: Storage) -> int:
@@ -207,10 +209,12 @@ def run(
             f"{len(first.pairs)} seed pairs to measure -> {storage.uri}")
         if first.jobs:
             _execute(first, rounds, options, context, storage, axes, log)
+            baseline = settled
             for attempt in range(1, REPAIRS + 1):
-                repair = settle_again(storage, settled, rounds, say)
-                if repair is None:
+                again = settle_again(storage, baseline, rounds, say)
+                if again is None:
                     break
+                repair, baseline = again
                 _execute(repair, rounds, options, context, storage, axes, log, repair=attempt)
         failed = unrecorded(rounds.planned, storage)
         check_still_writable(storage, rounds.planned)
