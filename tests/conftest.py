@@ -68,3 +68,25 @@ def kill_trial_at():
         return subprocess.run([sys.executable, "-c", script, json.dumps(flat), storage], env=env).returncode
 
     return run
+
+
+@pytest.fixture
+def figures(request):
+    """Say what a test measured, for the README's Reliability table:
+    `figures(row, "{kills} kill at epoch {epoch} of 4", kills=1, epoch=2)`. The wording
+    sits here, beside the assertions that prove it; `bench/reliability.py` (which names a
+    file in `LANDSCAPE_FIGURES`) collects one JSON line per call, from a run in which
+    every test passed, and `bench/readme.py` puts the text in the row's cell. In an
+    ordinary test run nothing is written. Values are what the test observed (a count, a
+    loss, an exit code), not constants restated, so a figure that regresses fails its
+    test before it reaches the README."""
+    path = os.environ.get("LANDSCAPE_FIGURES")
+
+    def record(row: str, text: str, **values: Any) -> None:
+        line = json.dumps({"row": row, "test": request.node.nodeid, "text": text.format(**values),
+                           "values": values})  # a value that is not JSON fails here, in every run
+        if path:
+            with open(path, "a") as out:
+                out.write(line + "\n")
+
+    return record
