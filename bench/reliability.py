@@ -34,12 +34,24 @@ SOAK_EXAMPLES = 10_000  # more than a soak of SOAK_SECONDS reaches: time ends it
 
 def collect(lines: list[str]) -> dict[str, list[dict[str, Any]]]:
     """Each row's parts, in the order the tests ran: a row may be proved by several tests
-    (both executors, solo and packed), each saying its own part."""
-    rows: dict[str, list[dict[str, Any]]] = {}
+    (both executors, solo and packed), each saying its own part. Parts with the same
+    wording (the cases of a parametrized test) become one, their values summed."""
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
     for line in lines:
         entry = json.loads(line)
-        rows.setdefault(entry.pop("row"), []).append(entry)
-    return rows
+        parts = rows.setdefault(entry["row"], {})
+        part = parts.get(entry["template"])
+        if part is None:
+            parts[entry["template"]] = {"tests": [entry["test"]], "values": entry["values"]}
+            continue
+        counts = all(isinstance(v, int | float) for v in [*part["values"].values(), *entry["values"].values()])
+        if part["values"].keys() != entry["values"].keys() or not counts:
+            raise ValueError(f"row {entry['row']}: {entry['test']} says {entry['template']!r} again, "
+                             f"with values that are not the same counts")
+        part["tests"].append(entry["test"])
+        part["values"] = {k: v + entry["values"][k] for k, v in part["values"].items()}
+    return {row: [{"text": template.format(**part["values"]), **part} for template, part in parts.items()]
+            for row, parts in rows.items()}
 
 
 def run(quick: bool = False) -> dict[str, Any]:

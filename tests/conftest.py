@@ -79,12 +79,13 @@ def figures(request):
     every test passed, and `bench/readme.py` puts the text in the row's cell. In an
     ordinary test run nothing is written. Values are what the test observed (a count, a
     loss, an exit code), not constants restated, so a figure that regresses fails its
-    test before it reaches the README."""
+    test before it reaches the README. Calls with the same row and wording (the cases of
+    a parametrized test, each saying `cases=1`) become one part with their values summed."""
     path = os.environ.get("LANDSCAPE_FIGURES")
 
     def record(row: str, text: str, **values: Any) -> None:
-        line = json.dumps({"row": row, "test": request.node.nodeid, "text": text.format(**values),
-                           "values": values})  # a value that is not JSON fails here, in every run
+        line = json.dumps({"row": row, "test": request.node.nodeid, "template": text,
+                           "text": text.format(**values), "values": values})  # a value that is not JSON fails here, in every run
         if path:
             with open(path, "a") as out:
                 out.write(line + "\n")
