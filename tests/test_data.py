@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import operator
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -121,7 +122,7 @@ def test_svhn_reader_moves_label_10_to_0(tmp_path):
     assert np.array_equal(arrays.x_train[0, :, 5, 7], x[5, 7, :, 0])
 
 
-def test_a_pickle_that_runs_code_is_refused(tmp_path):
+def test_a_pickle_that_runs_code_is_refused(tmp_path, figures):
     from workers.core.safe_pickle import UnsafePickleError
 
     folder = tmp_path / "cifar-10-batches-py"
@@ -134,5 +135,7 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
     (folder / "test_batch").write_bytes(pickle.dumps({b"data": Exploit()}))
     for i in range(1, 6):
         _write_cifar_batch(folder / f"data_batch_{i}", 2, i)
-    with pytest.raises(UnsafePickleError, match=r"operator\.add|_operator\.add"):
+    with pytest.raises(UnsafePickleError, match=r"operator\.add|_operator\.add") as info:
         DATASETS.get("cifar10")(tmp_path)
+    refused = re.search(r"refusing to load (\S+)", str(info.value))[1]
+    figures("untrusted", "a CIFAR batch calling `{refused}` refused", refused=refused)

@@ -107,13 +107,22 @@ class Tally:
     cases: int = 0
     kills: int = 0
     damage: int = 0
+    checkpoints: int = 0  # of the damage: to checkpoints
+    rot: int = 0  # of those: bit rot (mtime kept)
     broken: list[Outcome] = field(default_factory=list)  # cases with a violation
 
     def add(self, out: Outcome) -> None:
         self.cases += 1
         self.kills, self.damage = self.kills + len(out.kills), self.damage + len(out.damage)
+        self.checkpoints += sum(".pt" in harm for harm in out.damage)
+        self.rot += sum("mtime kept" in harm for harm in out.damage)
         if out.violations:
             self.broken.append(out)
+
+    def figures(self) -> dict[str, int]:
+        return {"cases": self.cases, "faults": self.kills + self.damage, "kills": self.kills, "damage": self.damage,
+                "checkpoints": self.checkpoints, "rot": self.rot,
+                "violations": sum(len(o.violations) for o in self.broken)}
 
     def line(self) -> str:
         return (f"simulation: {self.cases} cases explored, {self.kills + self.damage} faults injected "
@@ -121,10 +130,11 @@ class Tally:
                 f"violations (in {len(self.broken)} cases)")
 
 
-def test_drawn_cases_keep_every_invariant(world, capsys):
+def test_drawn_cases_keep_every_invariant(world, capsys, figures):
     root, cache = world
     tally = Tally()
-    stop = time.monotonic() + SOAK_SECONDS
+    started = time.monotonic()
+    stop = started + SOAK_SECONDS
 
     # The default run draws the same few cases every time (CI must be reproducible);
     # a soak draws fresh ones.
@@ -152,6 +162,14 @@ def test_drawn_cases_keep_every_invariant(world, capsys):
     with capsys.disabled():
         print(f"\n{tally.line()}")
     assert not tally.broken, "\n\n".join(o.report() for o in tally.broken)
+    minutes = (time.monotonic() - started) / 60
+    if SOAK:
+        figures("soak", "soak of {minutes:.0f} minutes: {cases} cases, {faults} faults ({kills} kills, {damage} "
+                "damage, {checkpoints} of it to checkpoints, {rot} of those bit rot), {violations} violations",
+                minutes=round(minutes, 1), **tally.figures())
+    else:
+        figures("simulation", "the default run: {cases} drawn cases, {faults} faults, {violations} violations, "
+                "in {minutes:.1f} minutes", minutes=round(minutes, 2), **tally.figures())
 
 
 # ---------------------------------------------------------------- fixed cases
@@ -198,36 +216,48 @@ def require(condition: object, what: str) -> None:
         pytest.fail(f"the reproduction no longer sets up its fault: {what}")
 
 
-def test_a_pack_killed_while_recording_its_members_ends_as_if_uninterrupted(world):
+@pytest.fixture
+def seam(figures):
+    """Check a reproduction's outcome and count it as a seam the simulation found, all
+    fixed, for the README's Reliability table."""
+
+    def check(out: Outcome) -> None:
+        assert not out.violations, out.report()
+        figures("simulation", "it found {seams} seams, all fixed and kept as reproductions", seams=1)
+
+    return check
+
+
+def test_a_pack_killed_while_recording_its_members_ends_as_if_uninterrupted(world, seam):
     """Seeds 0, 1, 2 pack as one (--pack 3); the run dies right after the pack's second
     trials row. The rerun used to train the third member alone (other float32 weights
     and losses, a solo trials row) and leave the pack's `last.pt` for good."""
     case = Case(make_values((0, 1, 2)), "3", (Step(Kill(2, "after", f"{TRIALS}/")),))
     out = simulate(case, *world)
     require(out.kills and out.split, "the pack was left partly recorded")
-    assert not out.violations, out.report()
+    seam(out)
 
 
-def test_a_pair_killed_after_its_curve_ends_as_if_uninterrupted(world):
+def test_a_pair_killed_after_its_curve_ends_as_if_uninterrupted(world, seam):
     """Seeds 0 and 1 and their pair, solo; the run dies just before the pairs row (its
     Bezier curve is written). The rerun takes the curve back (`curve_reused`) and used
     to record `bezier_objective` NaN where the uninterrupted run says 2.24."""
     case = Case(make_values((0, 1), pairs=True), "off", (Step(Kill(1, "before", f"{PAIRS}/")),))
     out = simulate(case, *world)
     require(out.kills, "the pair job was killed")
-    assert not out.violations, out.report()
+    seam(out)
 
 
-def test_a_final_checkpoint_deleted_after_the_sweep_is_noticed(world):
+def test_a_final_checkpoint_deleted_after_the_sweep_is_noticed(world, seam):
     """Seeds 0 and 1, solo: the sweep finishes, then one model's `final.pt` is deleted.
     The rerun used to find nothing to do, its trials row naming weights that exist
     nowhere; now the model is trained again (and its derived records follow)."""
     out = simulate(Case(make_values((0, 1)), "off", (Step(None, (Damage("delete_final"),)),)), *world)
     require(out.damage, "the checkpoint was deleted")
-    assert not out.violations, out.report()
+    seam(out)
 
 
-def test_a_garbled_resume_checkpoint_is_not_resumed_from(world):
+def test_a_garbled_resume_checkpoint_is_not_resumed_from(world, seam):
     """Seeds 0 and 1, solo; the run dies right after model 0's `last.pt` (epoch 1 of 2)
     and 8 bytes in the middle of that file are flipped. `torch.load` reads it without
     an error, and the rerun used to resume from it: other weights, losses and history,
@@ -236,19 +266,19 @@ def test_a_garbled_resume_checkpoint_is_not_resumed_from(world):
                 (Step(Kill(1, "after", "last.pt"), (Damage("garble_checkpoint", where=0.7, path="last.pt"),)),))
     out = simulate(case, *world)
     require(out.kills and out.damage, "the run was killed and its resume checkpoint garbled")
-    assert not out.violations, out.report()
+    seam(out)
 
 
-def test_a_resume_checkpoint_does_not_outlive_its_model(world):
+def test_a_resume_checkpoint_does_not_outlive_its_model(world, seam):
     """Seeds 0 and 1, solo; the run dies right after model 0's trials row, before its
     `last.pt` is removed. The model is done, so no run ran its job again and the file
     used to stay for good (a pack's likewise)."""
     out = simulate(Case(make_values((0, 1)), "off", (Step(Kill(1, "after", f"{TRIALS}/")),)), *world)
     require(out.kills, "the run was killed after a trials row")
-    assert not out.violations, out.report()
+    seam(out)
 
 
-def test_a_model_trained_again_by_a_pair_job_says_why_it_trained_alone(world):
+def test_a_model_trained_again_by_a_pair_job_says_why_it_trained_alone(world, seam):
     """Seeds 0 and 1 and their pair, solo; the run dies just before the pairs row, and
     model 0's `final.pt` is garbled. The rerun's pair job finds the checksum wrong and
     trains model 0 again; its trials row used to say it trained alone (pack_size 1, no
@@ -257,10 +287,10 @@ def test_a_model_trained_again_by_a_pair_job_says_why_it_trained_alone(world):
                 (Step(Kill(1, "before", f"{PAIRS}/"), (Damage("garble_checkpoint", path="final.pt"),)),))
     out = simulate(case, *world)
     require(out.kills and out.damage, "the pair job was killed and a final checkpoint garbled")
-    assert not out.violations, out.report()
+    seam(out)
 
 
-def test_a_kill_while_setting_aside_a_damaged_history_loses_nothing(world):
+def test_a_kill_while_setting_aside_a_damaged_history_loses_nothing(world, seam):
     """Seeds 0 and 1, solo: the sweep finishes, model 0's history record is cut in half,
     and the rerun dies as it sets the damage aside. `quarantine_damaged` moves the
     done-record (the trials row) first and the damaged history second, so a kill between
@@ -270,14 +300,14 @@ def test_a_kill_while_setting_aside_a_damaged_history_loses_nothing(world):
                                              Step(Kill(1, "before", f"{TRIALS}/"))))
     out = simulate(case, *world)
     require(out.kills and out.damage, "the rerun died setting the damaged history aside")
-    assert not out.violations, out.report()
+    seam(out)
 
 
 # ---------------------------------------------------------------- seams the simulation found
 # Each failed before its fix (issue 22); the drawn cases and the soak run into them too.
 
 
-def test_a_final_checkpoint_rewritten_after_the_sweep_is_noticed(world):
+def test_a_final_checkpoint_rewritten_after_the_sweep_is_noticed(world, seam):
     """Seeds 0 and 1, solo: the sweep finishes, then 8 bytes in the middle of one
     model's `final.pt` are flipped (the file stays, its checksum fails). The rerun once
     listed the checkpoints, found every file there and did nothing: the model's records
@@ -288,10 +318,10 @@ def test_a_final_checkpoint_rewritten_after_the_sweep_is_noticed(world):
     case = Case(make_values((0, 1)), "off", (Step(None, (Damage("garble_checkpoint", path="final.pt"),)),))
     out = simulate(case, *world)
     require(out.damage, "the checkpoint was garbled")
-    assert not out.violations, out.report()
+    seam(out)
 
 
-def test_a_record_with_an_undecodable_column_name_is_set_aside(world):
+def test_a_record_with_an_undecodable_column_name_is_set_aside(world, seam):
     """Seeds 0 and 1, solo: the sweep finishes, then one byte of a column's name in a
     history record's footer (which no page checksum covers) becomes 0x90. Opening the
     file raises UnicodeDecodeError where pyarrow decodes the names; `open_parquet` turns
@@ -300,10 +330,10 @@ def test_a_record_with_an_undecodable_column_name_is_set_aside(world):
     case = Case(make_values((0, 1)), "off", (Step(None, (Damage("misname_column", path=f"{HISTORY}/"),)),))
     out = simulate(case, *world)
     require(out.damage, "a column name was garbled")
-    assert not out.violations, out.report()
+    seam(out)
 
 
-def test_a_run_that_trains_a_model_again_mid_run_measures_what_that_left_stale(world):
+def test_a_run_that_trains_a_model_again_mid_run_measures_what_that_left_stale(world, seam):
     """Seeds 0, 1, 2 in one pack (--pack 3) with their three pairs. After the sweep,
     seed 2's trials record is deleted and seed 0's `final.pt` rots (bytes flipped, mtime
     kept: start-up cannot see it). The rerun trains seed 2 again and measures pairs
@@ -317,10 +347,10 @@ def test_a_run_that_trains_a_model_again_mid_run_measures_what_that_left_stale(w
                                                         Damage("rot_checkpoint", path=f"{keys[0]}/final.pt"))),))
     out = simulate(case, *world)
     require(len(out.damage) == 2, "a trials record was deleted and a final checkpoint rotted")
-    assert not out.violations, out.report()
+    seam(out)
 
 
-def test_a_damaged_init_checkpoint_does_not_fail_a_resumed_model(world):
+def test_a_damaged_init_checkpoint_does_not_fail_a_resumed_model(world, seam):
     """Seeds 0 and 1, solo, no metrics; the run dies right after model 0's `last.pt`,
     and model 0's `init.pt` is garbled. The rerun resumes model 0 from `last.pt` and
     once failed its job loading `init` after recording it, leaving the file damaged.
@@ -329,10 +359,10 @@ def test_a_damaged_init_checkpoint_does_not_fail_a_resumed_model(world):
                 (Step(Kill(1, "after", "last.pt"), (Damage("garble_checkpoint", path="init.pt"),)),))
     out = simulate(case, *world)
     require(out.kills and out.damage, "the run was killed and an initial checkpoint garbled")
-    assert not out.violations, out.report()
+    seam(out)
 
 
-def test_a_pack_members_file_does_not_outlive_its_pack(world):
+def test_a_pack_members_file_does_not_outlive_its_pack(world, seam):
     """Two cells of seeds 0 and 1, packs of up to 3: a pack per cell. The run dies right
     after the second pack's `members.json` (before its first `last.pt`), and a trials
     record of the first pack is deleted. The rerun packs the three untrained models
@@ -342,7 +372,7 @@ def test_a_pack_members_file_does_not_outlive_its_pack(world):
                 (Step(Kill(2, "after", "members.json", "write"), (Damage("delete_trials"),)),))
     out = simulate(case, *world)
     require(out.kills and out.damage, "the run died after the second pack's members file")
-    assert not out.violations, out.report()
+    seam(out)
 
 
 def test_rotted_checkpoints_are_found_by_the_scrub(world):

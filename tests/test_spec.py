@@ -10,6 +10,12 @@ from sweeps.run.spec import SweepSpec, parse_assignment
 from workers.catalog import TrialConfig
 from workers.core.errors import ConfigError
 
+# The Reliability table's figure for this file: every case below that is refused says so.
+REFUSED = ("exit code 2 and nothing written: {cases} cases in `tests/test_spec.py` (unknown key with suggestion, "
+           "wrong type, non-positive width/batch/epochs, batch larger than the training set, label noise outside "
+           "[0, 1), data fraction outside (0, 1], unknown dataset/model/optimizer/metric/preset, empty and "
+           "duplicate axis values, malformed `--set`, storage not writable, bounds declared on the fields, ...)")
+
 
 def spec(values: dict, **kw) -> SweepSpec:
     return SweepSpec(study="taxonomy", preset="demo", name="t", storage="unused", values=values, **kw)
@@ -85,12 +91,13 @@ def test_trial_key_ignores_seed_in_cell_key_and_data_root():
         ("momentum=1.5", "momentum"),
     ],
 )
-def test_bad_input_exits_2_naming_the_field_and_writes_nothing(override, field, tmp_path, capsys):
+def test_bad_input_exits_2_naming_the_field_and_writes_nothing(override, field, tmp_path, capsys, figures):
     code = main("taxonomy", "", ["--storage", str(tmp_path / "out"), "--set", override])
     err = capsys.readouterr().err
     assert code == 2
     assert f"{field}:" in err or f"{field} " in err, err
     assert not (tmp_path / "out").exists()
+    figures("bad-input", REFUSED, cases=1)
 
 
 def test_unknown_key_suggests_the_close_one(capsys, tmp_path):
@@ -98,12 +105,14 @@ def test_unknown_key_suggests_the_close_one(capsys, tmp_path):
     assert "did you mean 'width'" in capsys.readouterr().err
 
 
-def test_unknown_preset_and_unwritable_storage_exit_2(tmp_path, capsys):
+def test_unknown_preset_and_unwritable_storage_exit_2(tmp_path, capsys, figures):
     with pytest.raises(SystemExit) as exc:
         main("taxonomy", "", ["--max-concurrent", "-1"])
     assert exc.value.code == 2
+    figures("bad-input", REFUSED, cases=1)
     assert main("taxonomy", "", ["--preset", "nope", "--storage", str(tmp_path)]) == 2
     assert "--preset" in capsys.readouterr().err
+    figures("bad-input", REFUSED, cases=1)
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")  # a file where a folder must go: unwritable even for root
     code = main("taxonomy", "", ["--storage", str(not_a_folder / "sub"), "--dry-run"])
@@ -111,6 +120,7 @@ def test_unknown_preset_and_unwritable_storage_exit_2(tmp_path, capsys):
     code = main("taxonomy", "", ["--storage", str(not_a_folder / "sub")])
     assert code == 2 and "--storage" in capsys.readouterr().err
     assert not_a_folder.read_text() == ""
+    figures("bad-input", REFUSED, cases=1)
 
 
 def test_dry_run_reports_paper_trials_and_writes_nothing(tmp_path, capsys):
@@ -134,10 +144,11 @@ def test_config_error_is_a_value_error_with_the_field():
     ({"alig.max_lr": -1}, "alig.max_lr: must be > 0, got -1.0"),
     ({"precision": "bf61"}, "precision: unknown precision 'bf61'; valid: fp32, bf16; did you mean 'bf16'?"),
 ])
-def test_bounds_declared_on_fields_name_the_key_and_what_is_allowed(flat, message):
+def test_bounds_declared_on_fields_name_the_key_and_what_is_allowed(flat, message, figures):
     with pytest.raises(ConfigError) as info:
         TrialConfig.from_flat(flat)
     assert str(info.value) == message
+    figures("bad-input", REFUSED, cases=1)
 
 
 def test_an_unset_optional_bound_field_is_accepted():

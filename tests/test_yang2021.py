@@ -94,14 +94,15 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_crafted_malicious_pickle_is_refused(tmp_path, capsys):
+def test_a_crafted_malicious_pickle_is_refused(tmp_path, capsys, figures):
     marker = tmp_path / "pwned"
     archive = _archive_with(tmp_path, f"{CELL}/loss_acc.pkl", pickle.dumps(_RunsCode(marker)))
     with pytest.raises(safe_pickle.UnsafePickleError, match=r"loss_acc\.pkl.*refusing to load (posix|os)\.system"):
         import_archive(str(archive), str(tmp_path / "out"))
-    assert main(["import-yang2021", str(archive), "--out", str(tmp_path / "out")]) == 2
-    assert "refusing to load" in capsys.readouterr().err
+    code = main(["import-yang2021", str(archive), "--out", str(tmp_path / "out")])
+    assert code == 2 and "refusing to load" in capsys.readouterr().err
     assert not marker.exists()
+    figures("untrusted", "a published-archive pickle calling `os.system` refused (exit {code}, not run)", code=code)
 
 
 def test_plain_data_pickles_with_numpy_are_admitted():
