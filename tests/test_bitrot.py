@@ -90,7 +90,7 @@ def sweep(tmp_path) -> tuple[Storage, list[TrialConfig]]:
     return store, cfgs
 
 
-def test_bit_rot_is_found_when_a_run_that_did_work_compacts(sweep):
+def test_bit_rot_is_found_when_a_run_that_did_work_compacts(sweep, figures):
     store, cfgs = sweep
     victim = cfgs[0].trial_key
     record = Path(store.path(f"trials/{victim}.parquet"))
@@ -100,7 +100,8 @@ def test_bit_rot_is_found_when_a_run_that_did_work_compacts(sweep):
     # the harm: DuckDB on the record files reads another number than the project's readers
     rotted = duckdb.sql(f"SELECT test_acc FROM '{record}'").fetchall()[0][0]
     assert rotted != pytest.approx(ACC[0]), "the byte flipped is the value's"
-    assert accuracies(read_table(store, "trials"))[victim] == ACC[0], "readers take the consolidated copy"
+    shown = accuracies(read_table(store, "trials"))[victim]
+    assert shown == ACC[0], "readers take the consolidated copy"
     assert quarantine_damaged(store) == [], "a driver's start-up trusts size and mtime: it reads nothing"
 
     write_model(store, cfgs[3], ACC[3])  # the run did work: its end compacts
@@ -115,6 +116,8 @@ def test_bit_rot_is_found_when_a_run_that_did_work_compacts(sweep):
     assert sorted(accuracies(read).values()) == sorted(ACC[1:]) and read.consolidated == 3
     assert victim not in manifest_names(store, "trials")
     assert victim not in set(load_sweep(store.uri).trials["trial_key"])
+    figures("bitrot", "DuckDB read {rotted:.9g} from it where readers showed the clean {shown:.9g}, until a compaction "
+            "quarantined it", rotted=rotted, shown=shown)
 
 
 def test_verify_quarantines_a_rotted_history_with_its_trials_row(sweep):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,8 +69,10 @@ def _reads(monkeypatch) -> list[bytes]:
     return seen
 
 
-def test_a_final_checkpoint_rewritten_after_its_record_is_read_and_its_model_trained_again(sweep, monkeypatch):
+def test_a_final_checkpoint_rewritten_after_its_record_is_read_and_its_model_trained_again(sweep, monkeypatch,
+                                                                                             figures):
     store, (kept, victim) = sweep
+    held = len(list(Path(store.root).glob("checkpoints/*/*.pt")))
     reads = _reads(monkeypatch)
     assert set_aside_stale(store) == [] and reads == []  # as a sweep wrote it: nothing read
     final = store.path(f"checkpoints/{victim}/final.pt")
@@ -82,6 +85,9 @@ def test_a_final_checkpoint_rewritten_after_its_record_is_read_and_its_model_tra
                      "_quarantine/, training it again"]
     assert store.exists(f"_quarantine/checkpoints/{victim}/final.pt")
     assert not store.exists(f"trials/{victim}.parquet") and store.exists(f"trials/{kept}.parquet")
+    figures("checkpoint-rots", "garbled `final.pt` written after its record: found at start-up ({read} of {held} checkpoints read), moved to "
+            "`_quarantine/` with its model's records, {retrain} model to train again", read=len(reads),
+            held=held, retrain=sum("training it again" in line for line in lines))
 
 
 def test_checkpoints_of_a_copied_folder_are_read_once_and_a_later_change_is_still_seen(sweep, monkeypatch):
@@ -102,18 +108,23 @@ def test_checkpoints_of_a_copied_folder_are_read_once_and_a_later_change_is_stil
     assert f"checkpoints/{keys[0]}/init.pt" not in json.loads(Path(store.path(INTACT)).read_bytes())
 
 
-def test_a_rotted_checkpoint_is_found_by_the_scrub_not_at_start_up(sweep):
+def test_a_rotted_checkpoint_is_found_by_the_scrub_not_at_start_up(sweep, monkeypatch, figures):
     store, (kept, victim) = sweep
     _garble(store.path(f"checkpoints/{victim}/init.pt"))  # bit rot: size and mtime kept
-    assert set_aside_stale(store) == []  # start-up reads no checkpoint as written
+    reads = _reads(monkeypatch)
+    assert set_aside_stale(store) == [] and reads == []  # start-up reads no checkpoint as written
     scrub = subprocess.run([sys.executable, "-m", "analysis", "verify", store.root],
                            capture_output=True, text=True, timeout=120)
     assert scrub.returncode == 1, scrub.stdout + scrub.stderr
     assert f"checkpoints/{victim}/init.pt is damaged" in scrub.stdout
-    assert "verified 4 checkpoints: 1 moved to _quarantine/" in scrub.stdout
+    verified = re.search(r"verified (\d+) checkpoints: (\d+) moved to _quarantine/", scrub.stdout)
+    assert verified and verified.groups() == ("4", "1"), scrub.stdout
     assert set_aside_stale(store) == [f"warning: model {victim} is recorded as trained but "
                                       f"checkpoints/{victim}/init.pt is gone; its records moved to _quarantine/, "
                                       "training it again"]
+    figures("checkpoint-rots", "rotted `init.pt` (mtime kept): {read} checkpoints read at start-up, found by "
+            "`analysis verify` ({moved} of {verified} set aside, exit {exit})", read=len(reads),
+            moved=int(verified.group(2)), verified=int(verified.group(1)), exit=scrub.returncode)
 
 
 def test_a_members_file_without_its_pack_checkpoint_is_removed_and_one_with_it_kept(sweep):

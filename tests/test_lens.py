@@ -4,6 +4,7 @@ works on the records of the latest spec, naming the others instead of pooling th
 from __future__ import annotations
 
 import json
+import re
 
 from analysis import load_sweep
 from analysis.__main__ import main as analysis_main
@@ -23,7 +24,7 @@ def _run(tiny: dict, storage, **values) -> None:
     run(spec, spec.trials(), RunOptions(in_process=True), log=lambda line: None)
 
 
-def test_a_changed_option_is_not_pooled_into_the_cells_of_the_new_spec(tiny, tmp_path, capsys):
+def test_a_changed_option_is_not_pooled_into_the_cells_of_the_new_spec(tiny, tmp_path, capsys, figures):
     _run(tiny, tmp_path, epochs=2, milestones=[1])
     _run(tiny, tmp_path, epochs=3, milestones=[1])
     folder = str(tmp_path / "s")
@@ -33,9 +34,15 @@ def test_a_changed_option_is_not_pooled_into_the_cells_of_the_new_spec(tiny, tmp
                             "2 measure(s) (of models outside the spec); `--all` to include them")
     status = format_status(sweep)
     trials_line = next(line for line in status.splitlines() if line.startswith("trials"))
-    assert trials_line.split()[1:3] == ["2", "2"]  # expected 2, done 2: not 4 done of 2
-    assert len(load_sweep(folder, all_specs=True).trials) == 4
+    expected, done = (int(n) for n in trials_line.split()[1:3])
+    assert (expected, done) == (2, 2)  # not 4 done of 2
+    everything = load_sweep(folder, all_specs=True).trials
+    assert len(everything) == 4
     assert analysis_main(["status", folder, "--all"]) == 0 and "another spec" not in capsys.readouterr().out
+    named = int(re.search(r"(\d+) model\(s\)", sweep.others).group(1))
+    figures("several-specs", "{trainings} trainings of {models} models: {read} read, {named} named; `status` "
+            "{expected} expected / {done} done", trainings=len(everything), models=everything["seed"].nunique(),
+            read=len(sweep.trials), named=named, expected=expected, done=done)
 
 
 def test_of_two_measures_of_one_metric_the_one_with_the_spec_options_is_used(tiny, tmp_path):

@@ -21,7 +21,7 @@ import torch
 
 from analysis import load_sweep
 from analysis.status import table_status
-from sweeps.run.driver import RunOptions, run
+from sweeps.run.driver import RunOptions, exit_code, run
 from sweeps.run.spec import SweepSpec
 from workers.base import checkpoints
 from workers.catalog import TrialConfig
@@ -46,20 +46,36 @@ def _cli(storage: Path, *args: str, env: dict | None = None) -> subprocess.Compl
                           env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
 
 
-def assert_lineage_holds(folder: Path) -> None:
-    """Every measure and pair names its models' current weights, which are on disk."""
+def assert_lineage_holds(folder: Path) -> int:
+    """Every measure, pair and curve names its models' current weights, which are on disk.
+    Returns the number of records checked."""
     sweep = load_sweep(str(folder))
     current = dict(zip(sweep.trials["trial_key"], sweep.trials[WEIGHTS_ID]))
     for key, weights in current.items():
         final = torch.load(folder / "checkpoints" / key / "final.pt", weights_only=True)
         assert checkpoints.weights_id(final["model"]) == weights
-    assert (sweep.measures[WEIGHTS_ID] == sweep.measures["trial_key"].map(current)).all()
-    for side, column in zip("ab", PAIR_WEIGHTS_IDS):
-        assert (sweep.pairs[column] == sweep.pairs[f"trial_key_{side}"].map(current)).all()
+    curves = sweep.curves.drop_duplicates([c for c in ("trial_key", "pair_key", "kind") if c in sweep.curves])
+    for frame in (sweep.measures, curves):
+        if "trial_key" in frame:  # a model's own records
+            own = frame[frame["trial_key"].notna()]
+            assert (own[WEIGHTS_ID] == own["trial_key"].map(current)).all()
+    for frame in (sweep.pairs, curves):
+        if "trial_key_a" in frame:  # a pair's
+            pair = frame[frame["trial_key_a"].notna()]
+            for side, column in zip("ab", PAIR_WEIGHTS_IDS):
+                assert (pair[column] == pair[f"trial_key_{side}"].map(current)).all()
     assert sweep.stale == ""
+    return len(sweep.trials) + len(sweep.measures) + len(sweep.pairs) + len(curves)
 
 
-def test_a_killed_pack_rerun_with_its_values_in_another_order_resumes_each_member_from_its_own(tmp_path):
+def _member(sweep, seed: int) -> tuple[list, list, list]:
+    """A member's final loss, its losses by epoch and its weights' hash."""
+    trials = sweep.trials[sweep.trials["seed"] == seed]
+    history = sweep.history[sweep.history["seed"] == seed].sort_values("epoch")
+    return trials["train_loss"].tolist(), history["train_loss"].tolist(), trials[WEIGHTS_ID].tolist()
+
+
+def test_a_killed_pack_rerun_with_its_values_in_another_order_resumes_each_member_from_its_own(tmp_path, figures):
     args = ["--set", "width=2", "--set", "batch_size=128", "--set", "lr=0.05", "--set", "epochs=3",
             "--set", "milestones=2", "--set", "metrics=", "--set", "measure_pairs=false", "--pack", "3"]
     cfgs = [TrialConfig.from_flat({**FAST, "epochs": 3, "milestones": [2], "seed": s}) for s in (0, 1, 2)]
@@ -70,19 +86,27 @@ def test_a_killed_pack_rerun_with_its_values_in_another_order_resumes_each_membe
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert _cli(tmp_path / "clean", *args, "--set", "seed=0,1,2").returncode == 0
     crashed, clean = (load_sweep(str(tmp_path / f / "s")) for f in ("crash", "clean"))
-    assert (crashed.trials.sort_values("seed")["resumed_from_epoch"] == 1).all()
-    for table in ("trials", "history"):
-        got, want = (getattr(s, table).sort_values(["seed", *(["epoch"] if table == "history" else [])])
-                     for s in (crashed, clean))
-        assert got["train_loss"].tolist() == want["train_loss"].tolist()  # each member its own weights, bit for bit
-    assert crashed.trials.set_index("seed")[WEIGHTS_ID].equals(clean.trials.set_index("seed")[WEIGHTS_ID])
+    resumed, packed = (crashed.trials[column].unique().tolist() for column in ("resumed_from_epoch", "pack_size"))
+    assert resumed == [1] and packed == [3]
+    equal = sum(_member(crashed, seed) == _member(clean, seed) for seed in (0, 1, 2))  # bit for bit
+    assert equal == len(cfgs)
+    figures("pack-reordered", "{members}-member pack killed at epoch {epoch} of {epochs}, rerun in reverse order: "
+            "{equal} of {members} members' losses, history and `weights_id` equal to an uninterrupted run, bit for bit",
+            members=packed[0], epoch=resumed[0], epochs=int(crashed.history["epoch"].max()), equal=equal)
 
 
-def test_a_model_trained_again_takes_its_measures_and_pairs_with_it(tmp_path):
+def _recomputed(after, before, lineage: list[str]) -> int:
+    """Rows of `after` whose lineage no row of `before` has: computed from other weights."""
+    old = set(before[lineage].itertuples(index=False))
+    return sum(row not in old for row in after[lineage].itertuples(index=False))
+
+
+def test_a_model_trained_again_takes_its_measures_and_pairs_with_it(tmp_path, figures):
     spec = _spec(tmp_path, seed=[0, 1], **HESSIAN, **PAIRS)
     run(spec, spec.trials(), RunOptions(in_process=True, pack="2"), log=lambda line: None)
     folder = tmp_path / "s"
     before = load_sweep(str(folder))
+    assert before.trials["pack_size"].tolist() == [2, 2]
     victim = before.trials.set_index("seed").loc[1, "trial_key"]
     record = folder / "trials" / f"{victim}.parquet"
     data = bytearray(record.read_bytes())
@@ -96,11 +120,18 @@ def test_a_model_trained_again_takes_its_measures_and_pairs_with_it(tmp_path):
     assert retrained["pack_size"] == 1  # alone this time: other float32 weights
     assert retrained[WEIGHTS_ID] != before.trials.set_index("trial_key").loc[victim, WEIGHTS_ID]
     assert any("was computed from weights its model no longer has" in line for line in lines), lines
-    assert_lineage_holds(folder)
+    checked = assert_lineage_holds(folder)
     assert len(after.measures) == 2 and len(after.pairs) == 1  # recomputed, not duplicated
+    measures = _recomputed(after.measures, before.measures, ["trial_key", WEIGHTS_ID])
+    pairs = _recomputed(after.pairs, before.pairs, ["pair_key", *PAIR_WEIGHTS_IDS])
+    assert (measures, pairs) == (1, 1), "its Hessian and the pair, of the new weights"
+    figures("model-retrained", "1 of {models} packed models' trials record garbled: retrained alone (new `weights_id`), "
+            "its Hessian and the pair recomputed ({measures} measure, {pairs} pair), every record's lineage equal to "
+            "the hash of the `final.pt` on disk ({checked} records)", models=len(before.trials), measures=measures,
+            pairs=pairs, checked=checked)
 
 
-def test_a_changed_code_default_is_a_new_spec_whose_measures_readers_show(tmp_path):
+def test_a_changed_code_default_is_a_new_spec_whose_measures_readers_show(tmp_path, figures):
     values = ["--set", "width=2", "--set", "batch_size=128", "--set", "lr=0.05", "--set", "epochs=2",
               "--set", "milestones=1", "--set", "seed=0", "--set", "metrics=hessian", "--set", "hessian.max_iter=10",
               "--set", "hessian.trace_probes=0", "--set", "measure_pairs=false"]
@@ -111,23 +142,37 @@ def test_a_changed_code_default_is_a_new_spec_whose_measures_readers_show(tmp_pa
     first = subprocess.run([sys.executable, "-c", older, "--in-process", "--storage", str(tmp_path), "--name", "s",
                             *values], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert json.loads(load_sweep(str(tmp_path / "s")).measures["settings"].item())["n_samples"] == 96
+    old = json.loads(load_sweep(str(tmp_path / "s")).measures["settings"].item())["n_samples"]
+    assert old == 96
     assert _cli(tmp_path, *values).returncode == 0  # today's default: 256
     sweep = load_sweep(str(tmp_path / "s"))
-    assert [json.loads(s)["n_samples"] for s in sweep.measures["settings"]] == [256]
-    assert "hessian.n_samples 96 instead of 256" in sweep.others
+    read = [json.loads(s)["n_samples"] for s in sweep.measures["settings"]]
+    assert read == [256]
+    named = re.search(r"hessian\.n_samples \d+ instead of \d+", sweep.others)
+    assert named and named.group(0) == "hessian.n_samples 96 instead of 256", sweep.others
     assert len(list((tmp_path / "s" / "specs").glob("*.json"))) == 2
+    figures("default-changes", "`hessian.n_samples` default {old} then {new}: {read} measure read ({new}), `{named}` "
+            "named", old=old, new=read[0], read=len(read), named=named.group(0))
 
 
-def test_a_damaged_spec_key_file_is_written_again(tmp_path):
+@pytest.mark.parametrize("damage", ["deleted", "cut"])
+def test_a_missing_or_damaged_spec_key_file_is_written_again(tmp_path, damage, figures):
     spec = _spec(tmp_path, seed=[0, 1], metrics=[], measure_pairs=False, epochs=1, milestones=[])
     run(spec, spec.trials(), RunOptions(in_process=True), log=lambda line: None)
     spec_id = json.loads((tmp_path / "s" / "spec.json").read_text())["spec_id"]
     keys = tmp_path / "s" / "specs" / f"{spec_id}.json"
-    keys.write_text(keys.read_text()[:40])
+    if damage == "deleted":
+        keys.unlink()
+        fault, cut = "deleted", {}
+    else:
+        keys.write_text(keys.read_text()[:40])
+        fault, cut = "cut to {size} bytes", {"size": keys.stat().st_size}
+    assert load_sweep(str(tmp_path / "s")).lens is None  # readers pool every spec meanwhile
     run(spec, spec.trials(), RunOptions(in_process=True), log=lambda line: None)
-    assert len(json.loads(keys.read_text())["records"]["trials"]) == 2
+    written = len(json.loads(keys.read_text())["records"]["trials"])
+    assert written == 2
     assert load_sweep(str(tmp_path / "s")).lens is not None
+    figures("spec-keys-damaged", fault + ": rewritten ({written} trial keys), lens back", **cut, written=written)
 
 
 def test_the_spec_id_does_not_depend_on_the_order_or_spelling_of_values(tmp_path):
@@ -141,14 +186,15 @@ def test_the_spec_id_does_not_depend_on_the_order_or_spelling_of_values(tmp_path
     assert ids[0] == ids[1]
 
 
-def test_a_metric_failing_on_one_member_leaves_its_pack_and_pairs_measured(tmp_path, monkeypatch):
+def test_a_metric_failing_on_one_member_leaves_its_pack_and_pairs_measured(tmp_path, monkeypatch, figures):
     spec = _spec(tmp_path, seed=[0, 1, 2], **HESSIAN, **PAIRS)
     victim = spec.trials()[1].trial_key
     monkeypatch.setenv("LANDSCAPE_FAULT_RAISE", f"{victim}:hessian")
     lines: list[str] = []
     summary = run(spec, spec.trials(), RunOptions(in_process=True, pack="3"), log=lines.append)
-    assert summary.failed == 0 and summary.ran == 6
+    assert summary.failed == 0 and summary.ran == 6 and exit_code(summary) == 0  # the command's exit status
     sweep = load_sweep(str(tmp_path / "s"))
+    assert sweep.trials["pack_size"].tolist() == [3, 3, 3]
     measures = sweep.measures.set_index("trial_key")
     assert measures.loc[victim, "status"] == "failed"
     assert "InjectedError: injected failure: hessian" in measures.loc[victim, "error"]
@@ -160,24 +206,36 @@ def test_a_metric_failing_on_one_member_leaves_its_pack_and_pairs_measured(tmp_p
         [(3, 0, 0, 0), (2, 0, 1, 0), (3, 0, 0, 0)]
     again = run(spec, spec.trials(), RunOptions(in_process=True, pack="3"), log=lines.append)
     assert again.ran == 0  # recorded as failed: it would fail the same way again
+    figures("metric-fails", "injected in 1 of {members} packed members' Hessian: {failed} failed measure, {ok} ok, "
+            "{pairs} pairs ok, exit {exit}, a rerun runs {rerun} jobs", members=len(sweep.trials),
+            failed=int((measures["status"] == "failed").sum()), ok=len(ok), pairs=int((sweep.pairs["status"] == "ok").sum()),
+            exit=exit_code(summary), rerun=again.ran)
 
 
 @pytest.mark.parametrize("executor", [["--in-process"], []], ids=["in-process", "tune"])
-def test_a_failure_that_would_repeat_is_tried_once_and_the_rest_still_runs(tmp_path, executor):
+def test_a_failure_that_would_repeat_is_tried_once_and_the_rest_still_runs(tmp_path, executor, figures):
+    seeds, retries = (0, 1, 2), 2
     args = ["--set", "width=2", "--set", "batch_size=128", "--set", "lr=0.05", "--set", "epochs=2",
-            "--set", "milestones=1", "--set", "metrics=", "--set", "seed=0,1,2", "--set", "pairs.bezier_epochs=1",
-            "--set", "pairs.bezier_points=3", "--set", "pairs.cka_samples=64", "--pack", "off", "--max-retries", "2"]
-    victim = TrialConfig.from_flat({**FAST, "seed": 1}).trial_key
+            "--set", "milestones=1", "--set", "metrics=", "--set", f"seed={','.join(map(str, seeds))}",
+            "--set", "pairs.bezier_epochs=1", "--set", "pairs.bezier_points=3", "--set", "pairs.cka_samples=64",
+            "--pack", "off", "--max-retries", str(retries)]
+    victim = TrialConfig.from_flat({**FAST, "seed": seeds[1]}).trial_key
     done = subprocess.run([sys.executable, str(ROOT / "sweeps" / "taxonomy.py"), *executor, "--storage",
                            str(tmp_path), "--name", "s", *args], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "RAY_AUTH_MODE": "disabled", "LANDSCAPE_FAULT_RAISE": f"{victim}:train"})
     assert done.returncode == 1, done.stdout + done.stderr
-    assert ", 3 failed, " in done.stdout  # the model and its two pairs, counted from the records
+    failed = re.search(r", (\d+) failed, ", done.stdout)
+    assert failed and failed.group(1) == "3", done.stdout  # the model and its two pairs, counted from the records
     assert re.search(r"FAILED: InjectedError: .* \(see failures/", done.stdout), done.stdout
     failures = list((tmp_path / "s" / "failures").glob(f"{victim}.*.parquet"))
     assert len(failures) == 1, "a failure that would repeat was retried"
     sweep = load_sweep(str(tmp_path / "s"))
     assert sorted(sweep.trials["seed"]) == [0, 2] and len(sweep.pairs) == 1
+    executor_name = "in process" if executor else "Tune"
+    figures("job-fails", executor_name + ": injected training failure in 1 of {models} models, {records} failure "
+            "record (not {attempts}), {trained} models and {pairs} pair recorded, `{failed} failed`, exit {exit}",
+            models=len(seeds), records=len(failures), attempts=retries + 1,
+            trained=len(sweep.trials), pairs=len(sweep.pairs), failed=int(failed.group(1)), exit=done.returncode)
 
 
 def test_a_diverged_model_owes_no_metric_so_nothing_counts_as_failed_or_runs_again(tmp_path):

@@ -102,7 +102,7 @@ def test_pandas_and_duckdb_read_the_consolidated_files(tmp_path):
     assert duckdb.sql(f"SELECT avg(epoch) FROM '{store.path('tables/history.parquet')}'").fetchall() == [(2.0,)]
 
 
-def test_records_written_after_compaction_are_read_once(store):
+def test_records_written_after_compaction_are_read_once(store, figures):
     cfgs = configs(4)
     for cfg in cfgs[:3]:
         write_model(store, cfg, 0.5)
@@ -116,9 +116,11 @@ def test_records_written_after_compaction_are_read_once(store):
     assert sweep.trials.set_index("trial_key").loc[cfgs[3].trial_key, "hessian_trace"] == pytest.approx(2.7)
     assert compact(store, "trials").consolidated == 3
     assert read_table(store, "trials").consolidated == 4
+    figures("tables-stale", "records added after compaction read once: {rows} rows for {models} models ({s3} of {cases} "
+            "folders on moto S3)", rows=len(sweep.trials), models=len(cfgs), s3=int(not store.is_local), cases=1)
 
 
-def test_a_quarantined_and_recomputed_record_appears_once_with_its_new_values(store):
+def test_a_quarantined_and_recomputed_record_appears_once_with_its_new_values(store, figures):
     cfgs = configs(3)
     for cfg in cfgs:
         write_model(store, cfg, 0.5)
@@ -139,7 +141,12 @@ def test_a_quarantined_and_recomputed_record_appears_once_with_its_new_values(st
     assert sweep.trials["trial_key"].tolist().count(victim) == 1 and len(sweep.trials) == 3
     assert sweep.trials.set_index("trial_key").loc[victim, "test_acc"] == 0.75
     assert compact(store, "trials").consolidated == 2  # the stale copy is replaced
-    assert load_sweep(store.uri).trials.set_index("trial_key").loc[victim, "test_acc"] == 0.75
+    compacted = load_sweep(store.uri).trials
+    once = int(compacted["trial_key"].tolist().count(victim) == 1
+               and compacted.set_index("trial_key").loc[victim, "test_acc"] == 0.75)
+    assert once == 1
+    figures("tables-stale", "a record corrupted, quarantined and recomputed after compaction appears once with its new "
+            "values in {once} of {cases} folders ({s3} on moto S3)", once=once, cases=1, s3=int(not store.is_local))
 
 
 def _other_version(data: bytes) -> bytes:
@@ -160,7 +167,7 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_an_unusable_consolidated_file_is_named_ignored_and_rebuilt(store, damage):
+def test_an_unusable_consolidated_file_is_named_ignored_and_rebuilt(store, damage, figures):
     cfgs = configs(3)
     for cfg in cfgs:
         write_model(store, cfg, 0.5)
@@ -174,7 +181,10 @@ def test_an_unusable_consolidated_file_is_named_ignored_and_rebuilt(store, damag
     assert held_records(store, "trials") == {}
     assert compact(store, "trials").ignored, "rebuilt from the record files"
     again = load_sweep(store.uri)
-    assert not again.ignored and len(again.trials) == 3 and read_table(store, "trials").consolidated == 3
+    rebuilt = int(not again.ignored and read_table(store, "trials").consolidated == len(cfgs))
+    assert rebuilt == 1 and len(again.trials) == 3
+    figures("tables-stale", "truncated / garbage / unknown layout / foreign file named, ignored, rebuilt in {rebuilt} of "
+            "{cases} cases ({s3} on moto S3)", rebuilt=rebuilt, cases=1, s3=int(not store.is_local))
 
 
 def test_a_missing_consolidated_file_reads_the_records(store):
