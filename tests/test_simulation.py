@@ -307,7 +307,7 @@ def test_a_kill_while_setting_aside_a_damaged_history_loses_nothing(world, seam)
 # Each failed before its fix (issue 22); the drawn cases and the soak run into them too.
 
 
-def test_a_final_checkpoint_rewritten_after_the_sweep_is_noticed(world, seam):
+def test_a_final_checkpoint_rewritten_after_the_sweep_is_noticed(world, seam, figures):
     """Seeds 0 and 1, solo: the sweep finishes, then 8 bytes in the middle of one
     model's `final.pt` are flipped (the file stays, its checksum fails). The rerun once
     listed the checkpoints, found every file there and did nothing: the model's records
@@ -319,6 +319,9 @@ def test_a_final_checkpoint_rewritten_after_the_sweep_is_noticed(world, seam):
     out = simulate(case, *world)
     require(out.damage, "the checkpoint was garbled")
     seam(out)
+    figures("checkpoint-rots", "in the simulation, a garbled `final.pt`: its model trained again to the same "
+            "weights, every record equal to an uninterrupted run's bit for bit, after {reruns} rerun",
+            reruns=out.runs - 1)
 
 
 def test_a_record_with_an_undecodable_column_name_is_set_aside(world, seam):
@@ -333,7 +336,7 @@ def test_a_record_with_an_undecodable_column_name_is_set_aside(world, seam):
     seam(out)
 
 
-def test_a_run_that_trains_a_model_again_mid_run_measures_what_that_left_stale(world, seam):
+def test_a_run_that_trains_a_model_again_mid_run_measures_what_that_left_stale(world, seam, figures):
     """Seeds 0, 1, 2 in one pack (--pack 3) with their three pairs. After the sweep,
     seed 2's trials record is deleted and seed 0's `final.pt` rots (bytes flipped, mtime
     kept: start-up cannot see it). The rerun trains seed 2 again and measures pairs
@@ -348,6 +351,10 @@ def test_a_run_that_trains_a_model_again_mid_run_measures_what_that_left_stale(w
     out = simulate(case, *world)
     require(len(out.damage) == 2, "a trials record was deleted and a final checkpoint rotted")
     seam(out)
+    assert out.runs == 3, out.report()  # the sweep, one rerun that said nothing failed, the run after the scrub
+    figures("checkpoint-rots", "a rotted `final.pt` read by a pair job: the pair that left stale measured in a "
+            "second pass of the same run, which reported nothing failed with all {pairs} pairs recorded and current",
+            pairs=len(out.final.records[PAIRS]))
 
 
 def test_a_damaged_init_checkpoint_does_not_fail_a_resumed_model(world, seam):
