@@ -11,6 +11,7 @@ import torch
 
 from workers.base.data import prepare
 from workers.catalog import TrialConfig
+from workers.core.storage import Storage
 from workers.jobs.pack_job import run_pack
 from workers.jobs.runtime import RunContext, new_model, seed_everything
 from workers.jobs.trial import run_trial, training_hooks
@@ -56,15 +57,27 @@ def test_the_exploding_model_stays_finite_so_only_the_stated_rule_catches_it():
     assert [s.classes for s in stats] == [10, 10] and all(s.diverged for s in stats)
 
 
-def test_a_solo_model_whose_loss_explodes_is_recorded_diverged_at_that_epoch(tmp_path):
+def exploded_loss(path, cfg: TrialConfig) -> tuple[int, float]:
+    """The last epoch in the model's history and its training loss: finite, above the
+    limit, so the stated rule (not a NaN check) diverged it."""
+    last = Storage.open(str(path)).read_table("history", cfg.trial_key).to_pandas().iloc[-1]
+    assert math.isfinite(last["train_loss"]) and last["train_loss"] > EXPLODED_LOSS_FACTOR * math.log(10), last
+    return int(last["epoch"]), float(last["train_loss"])
+
+
+def test_a_solo_model_whose_loss_explodes_is_recorded_diverged_at_that_epoch(tmp_path, figures):
     row = run_trial(TrialConfig.from_flat(EXPLODES), ctx(tmp_path))
     assert row["status"] == "diverged" and row["epochs_done"] == 1 and "epoch 1" in row["error"], row
     assert math.isnan(row["train_loss"])
+    epoch, loss = exploded_loss(tmp_path, TrialConfig.from_flat(EXPLODES))
+    assert epoch == row["epochs_done"]
     steady = run_trial(TrialConfig.from_flat(STEADY), ctx(tmp_path))
     assert steady["status"] == "ok" and steady["epochs_done"] == 2
+    figures("loss-explodes", "MLP at lr {lr:g}: loss {loss:.0e} after epoch {epoch} (finite), recorded diverged "
+            "at epoch {diverged_at}, solo", lr=row["lr"], loss=loss, epoch=epoch, diverged_at=row["epochs_done"])
 
 
-def test_a_packed_member_whose_loss_explodes_diverges_as_its_solo_run_and_alone(tmp_path):
+def test_a_packed_member_whose_loss_explodes_diverges_as_its_solo_run_and_alone(tmp_path, figures):
     cfgs = [TrialConfig.from_flat(STEADY), TrialConfig.from_flat(EXPLODES)]
     packed = run_pack(cfgs, [], ctx(tmp_path / "packed"))
     solo = [run_trial(c, ctx(tmp_path / "solo")) for c in cfgs]
@@ -72,3 +85,6 @@ def test_a_packed_member_whose_loss_explodes_diverges_as_its_solo_run_and_alone(
     assert [r["status"] for r in packed] == [r["status"] for r in solo] == ["ok", "diverged"]
     assert [r["epochs_done"] for r in packed] == [r["epochs_done"] for r in solo] == [2, 1]
     assert packed[0]["train_loss"] == pytest.approx(solo[0]["train_loss"], rel=1e-4)
+    epoch, loss = exploded_loss(tmp_path / "packed", cfgs[1])
+    figures("loss-explodes", "packed: loss {loss:.0e} after epoch {epoch}, recorded diverged at epoch {diverged_at}, "
+            "its pack-mate ok as solo", loss=loss, epoch=epoch, diverged_at=packed[1]["epochs_done"])

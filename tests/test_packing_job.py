@@ -38,7 +38,7 @@ def members(*overrides: dict) -> list[TrialConfig]:
     return [TrialConfig.from_flat({**TINY, **o}) for o in overrides]
 
 
-def test_a_pack_records_each_member_as_its_solo_trial_and_a_diverging_member_alone(tmp_path):
+def test_a_pack_records_each_member_as_its_solo_trial_and_a_diverging_member_alone(tmp_path, figures):
     cfgs = members({"seed": 0}, {"seed": 1}, {"seed": 2, "lr": 1e6})
     packed = run_pack(cfgs, [(cfgs[0], cfgs[1], False)], ctx(tmp_path / "packed"))
     solo = [run_trial(c, ctx(tmp_path / "solo")) for c in cfgs]
@@ -54,10 +54,12 @@ def test_a_pack_records_each_member_as_its_solo_trial_and_a_diverging_member_alo
         assert row["status"] == alone["status"] and row["epochs_done"] == alone["epochs_done"]
         history = a.read_table("history", cfg.trial_key).to_pandas()
         assert history["epoch"].tolist() == b.read_table("history", cfg.trial_key).to_pandas()["epoch"].tolist()
+    differences = []  # relative, of each ok member's outcomes to its solo run's
     for row, alone in zip(packed[:2], solo[:2]):
         assert row["status"] == "ok"
         for name in ("train_loss", "test_loss", "hessian_top_eigenvalue"):
             assert row[name] == pytest.approx(alone[name], rel=1e-4), name
+            differences.append(abs(row[name] - alone[name]) / abs(alone[name]))
     diverged = packed[2]
     assert diverged["status"] == "diverged" and "non-finite" in diverged["error"]
     assert math.isnan(diverged["train_loss"]) and "hessian_top_eigenvalue" not in diverged
@@ -65,6 +67,11 @@ def test_a_pack_records_each_member_as_its_solo_trial_and_a_diverging_member_alo
     pair = packed[3]
     assert pair["status"] == "ok" and 0 < pair["cka_softmax"] <= 1
     assert a.exists(f"pairs/{pair['pair_key']}.parquet")
+    statuses = [row["status"] for row in packed[:len(cfgs)]]
+    figures("member-diverges", "pack of {size} with lr {lr:g} for one member: {diverged} diverged, {ok} ok within "
+            "{difference:.0e} of solo (train and test loss, Hessian)", size=packed[0]["pack_size"],
+            lr=diverged["lr"], diverged=statuses.count("diverged"), ok=statuses.count("ok"),
+            difference=max(differences))
 
 
 def test_a_partly_trained_pack_trains_only_its_missing_members(tmp_path):
@@ -91,18 +98,27 @@ def kill_pack_at(cfgs: list[TrialConfig], storage: str, epoch: int) -> int:
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "alig"])
-def test_a_killed_pack_resumes_from_its_last_epoch_and_ends_as_if_never_killed(tmp_path, optimizer):
-    cfgs = [TrialConfig.from_flat({**TINY, "metrics": [], "epochs": 3, "milestones": [2], "seed": s,
+def test_a_killed_pack_resumes_from_its_last_epoch_and_ends_as_if_never_killed(tmp_path, optimizer, figures):
+    epochs, kill_epoch = 3, 2
+    cfgs = [TrialConfig.from_flat({**TINY, "metrics": [], "epochs": epochs, "milestones": [2], "seed": s,
                                    "optimizer": optimizer}) for s in (0, 1)]
-    assert kill_pack_at(cfgs, str(tmp_path / "cut"), 2) == -signal.SIGKILL
+    assert kill_pack_at(cfgs, str(tmp_path / "cut"), kill_epoch) == -signal.SIGKILL
     resumed = run_pack(cfgs, [], ctx(tmp_path / "cut"))
     whole = run_pack(cfgs, [], ctx(tmp_path / "whole"))
+    difference = 0.0
     for again, clean, cfg in zip(resumed, whole, cfgs):
-        assert again["resumed_from_epoch"] == 2
-        assert again["train_loss"] == clean["train_loss"] and again["test_acc"] == clean["test_acc"]
+        assert again["resumed_from_epoch"] == kill_epoch
+        difference = max(difference, abs(again["train_loss"] - clean["train_loss"]),
+                         abs(again["test_acc"] - clean["test_acc"]))
         history = pd.read_parquet(tmp_path / "cut" / "history" / f"{cfg.trial_key}.parquet")
-        assert history["epoch"].tolist() == [1, 2, 3]
+        assert history["epoch"].tolist() == list(range(1, epochs + 1))
+    assert difference == 0
     assert not (tmp_path / "cut" / "checkpoints" / pack_id([c.trial_key for c in cfgs]) / "last.pt").exists()
+    # one part for all the optimizers (the fixture sums the cases' counts)
+    figures("pack-kill", f"the pack job alone with each of {{cases}} optimizers, SIGKILLed at epoch {kill_epoch} of "
+            f"{epochs}: {{resumed}} members resumed from epoch {kill_epoch}, losses and test accuracy equal to a "
+            "clean pack (total difference {difference:g})", cases=1,
+            resumed=int(sum(r["resumed_from_epoch"] == kill_epoch for r in resumed)), difference=difference)
 
 
 def demo_spec(path, name: str) -> SweepSpec:
