@@ -65,15 +65,18 @@ def test_a_lost_final_checkpoint_means_training_again_not_measuring_fresh_weight
             truncated=int(damage == "truncated"), retrained=retrained, equal=equal)
 
 
-def test_a_damaged_last_checkpoint_is_named_once_and_training_starts_over(tiny, tmp_path, capfd):
+def test_a_damaged_last_checkpoint_is_named_once_and_training_starts_over(tiny, tmp_path, capfd, figures):
     key = TrialConfig.from_flat(tiny).trial_key
     last = tmp_path / "s" / "checkpoints" / key / "last.pt"
     last.parent.mkdir(parents=True)
     last.write_bytes(b"PK\x03\x04 not a checkpoint")
     row = _run({**tiny, "metrics": []}, tmp_path / "s")
     assert row["status"] == "ok" and row["resumed_from_epoch"] == 0
-    assert f"{last}" in capfd.readouterr().err and not last.exists()
+    warnings = sum(f"{last}" in line for line in capfd.readouterr().err.splitlines())
+    assert warnings == 1 and not last.exists()
     assert (tmp_path / "s" / "_quarantine" / "checkpoints" / key / "last.pt").exists()
+    figures("last-damaged", "resumed from epoch {epoch}, {warnings} warning, the file in `_quarantine/`",
+            epoch=row["resumed_from_epoch"], warnings=warnings)
 
 
 def test_a_garbled_last_checkpoint_that_still_loads_is_set_aside_and_training_starts_over(tiny, tmp_path, capfd,
