@@ -3,7 +3,9 @@
     python bench/readme.py           # rewrite the rendered parts of README.md in place
     python bench/readme.py --check   # only compare: exit 1 and show the difference
 
-A rendered part sits between `<!-- results: NAME -->` and `<!-- /results -->` (a table
+Rendered: the Benchmarks table, the float32 drift, the profile, the refinement's table and
+the test figures of the Reliability table (`bench/reliability.py`: what each fault test
+said it measured). A rendered part sits between `<!-- results: NAME -->` and `<!-- /results -->` (a table
 on lines of its own, or a phrase inside a sentence); NAME picks its renderer in
 `BLOCKS`. The wording around each figure is kept here, beside the figure's key in
 `bench/results.json`; the prose between the parts stays hand-written. Figures come from
@@ -46,6 +48,11 @@ def sci(value: float) -> str:
 def num(value: float) -> str:
     """A count or a figure without trailing zeros, thousands separated: 13.7, 1,005."""
     return f"{value:,.10g}"
+
+
+def hvps(mean: float) -> str:
+    """A mean count of Hessian-vector products over seeds, to one decimal: 13.7, 8."""
+    return num(round(mean, 1))
 
 
 def share(value: float) -> str:
@@ -103,7 +110,7 @@ def hessian_rows(r: Results) -> list[list[str]]:
     return [
         [f"Hessian top eigenvalue, (a) ResNet18-8, 256 random 32x32 RGB ({seeds})",
          "PyHessian `eigenvalues(maxIter=100, tol=1e-3)`",
-         f"{x(a['eig.hvp_ratio'], 1)} fewer HVPs ({num(a['eig.hvps_ours'])} vs {num(a['eig.hvps_pyhessian'])}), "
+         f"{x(a['eig.hvp_ratio'], 1)} fewer HVPs ({hvps(a['eig.hvps_ours'])} vs {hvps(a['eig.hvps_pyhessian'])}), "
          f"{x(a['eig.wall_ratio'])} less wall time (`--quick`, {quick['repeats']} seed: "
          f"{x(qa['eig.hvp_ratio'], 1)}, {x(qa['eig.wall_ratio'])}); rel. diff {sci(a['eig.rel_diff'])}; "
          f"rel. error vs a tight reference {sci(a['eig.rel_err_ours'])} (ours) vs "
@@ -112,7 +119,7 @@ def hessian_rows(r: Results) -> list[list[str]]:
          f"({x(a['eig.hvps_pyhessian'] / a['eig.hvps_ours_at_matched'], 1)})",
          targets, hessian_eig_met(full, "a")],
         [f"Hessian top eigenvalue, (b) demo model (ResNet18-16, digits) ({seeds})", "same",
-         f"{x(b['eig.hvp_ratio'], 1)} fewer HVPs ({num(b['eig.hvps_ours'])} vs {num(b['eig.hvps_pyhessian'])}), "
+         f"{x(b['eig.hvp_ratio'], 1)} fewer HVPs ({hvps(b['eig.hvps_ours'])} vs {hvps(b['eig.hvps_pyhessian'])}), "
          f"{x(b['eig.wall_ratio'], 1)} less wall time (`--quick`: {x(qb['eig.hvp_ratio'], 1)}, "
          f"{x(qb['eig.wall_ratio'], 1)}); rel. diff {sci(b['eig.rel_diff'])}; rel. error "
          f"{sci(b['eig.rel_err_ours'])} (ours) vs {sci(b['eig.rel_err_pyhessian'])}",
@@ -346,8 +353,97 @@ def trial_total(r: Results) -> str:
     return f"{latest(r, 'trial_profile')['trial_s']:.1f} s in all"
 
 
+REFINE_LABELS = {  # the setting's key in the results -> its label in the README's table
+    "default (budget=0.5,stride=2), paper thresholds": "default (budget=0.5, stride=2)",
+    "budget=0.4, paper thresholds": "budget=0.4",
+    "budget=0.6, paper thresholds": "budget=0.6",
+    "budget=1, paper thresholds": "budget=1 (until no boundary cell is missing)",
+    "stride=4, paper thresholds": "stride=4",
+    "stride=4,budget=1, paper thresholds": "stride=4, budget=1",
+    "default, auto thresholds (each diagram its own)": "default, auto thresholds (each diagram its own)",
+}
+
+
+def cells_differing(differ: str) -> str:
+    """"w4/b256, w4/b512, w32/b364" as a reader says it: width 4 at batch 256 and 512,
+    width 32 at 364."""
+    by_width: dict[str, list[str]] = {}
+    for cell in differ.split(", "):
+        width, batch = cell.split("/")
+        by_width.setdefault(width[1:], []).append(batch[1:])
+    said = [f"width {w} at {' and '.join(b)}" for w, b in by_width.items()]
+    return said[0].replace(" at ", " at batch ", 1) + "".join(f", {s}" for s in said[1:])
+
+
+def refine_table(r: Results) -> str:
+    """The replayed settings of `bench/refine.py`'s full run; the default's cells that
+    differ are named."""
+    f = r["full"]["refine"]
+    rows = []
+    for key, label in REFINE_LABELS.items():
+        s = f[key]
+        cells, total = s["cells"].split(" of ")
+        trained = f"{s['rounds']} = {cells} of {total}" if key.startswith("default (") else s["rounds"]
+        agree = f"{s['agree_pct']:g}%"
+        if key.startswith("default ("):
+            n = len(s["differ"].split(", "))
+            agree = f"**{s['agree_pct']:g}%** ({n} differ: {cells_differing(s['differ'])})"
+        rows.append([label, trained, f"{s['models_used_pct']:.1f}%", agree])
+    return table(["`--refine`", "cells trained, by round", "models used", "cells agreeing with the full diagram"],
+                 rows)
+
+
+def refine_target(r: Results) -> str:
+    from bench.refine import AGREE_TARGET, DEFAULT_KEY, MODELS_TARGET
+
+    f = r["full"]["refine"]
+    d = f[DEFAULT_KEY]
+    return (f"Target (>= {AGREE_TARGET:.0%} of the cells agree using <= {MODELS_TARGET:.0%} of the models): "
+            f"{'met' if f['target_met'] else 'not met'}, {d['agree_pct']:g}% at {d['models_used_pct']:.1f}%.")
+
+
+def scrub_at_scale(r: Results) -> str:
+    c = r["earlier"]["consolidated"]
+    return (f"{c['models']:,} models ({c['record_files']:,} records) verified in "
+            f"{span(c['verify_records_s'], num)} s (`bench/consolidated.py`)")
+
+
+def reliability_row(row: str) -> Callable[[Results], str]:
+    """A test-figures cell of the Reliability table: the parts its tests said
+    (`bench/reliability.py`), from the newest run that has the row (the soak's only a full
+    run has)."""
+    def cell(r: Results) -> str:
+        entries = [e for e in (r.get("reliability"), r.get("full", {}).get("reliability")) if e and row in e["rows"]]
+        if not entries:
+            raise KeyError(f"bench/results.json: no test said the Reliability row {row!r}: run bench/reliability.py")
+        return "; ".join(part["text"] for part in max(entries, key=lambda e: e["date"])["rows"][row])
+
+    return cell
+
+
+def reliability_date(r: Results) -> str:
+    """When the table's figures were measured: the latest run's date, and the soak's."""
+    quick, full = r.get("reliability"), r.get("full", {}).get("reliability")
+    runs = [f"{e['date'][:10]}, {e['pytest']}" for e in (quick, full) if e]
+    return ("last run " + runs[0] + (f"; full run with the soak {runs[1]}" if len(runs) > 1 else "")
+            if quick else f"full run with the soak {runs[0]}")
+
+
+RELIABILITY_ROWS = (
+    "worker-kill", "pack-kill", "member-diverges", "driver-kill", "record-truncated", "page-garbled",
+    "history-damaged", "checkpoint-missing", "last-damaged", "interrupt", "several-specs", "default-changes",
+    "spec-keys-damaged", "pack-reordered", "model-retrained", "checkpoint-garbled-loads", "metric-fails",
+    "job-fails", "loss-explodes", "infeasible-resources", "disk-full", "storage-fails", "lr-diverges",
+    "checkpoint-rots", "bitrot", "tables-stale", "bad-input", "soak", "simulation", "packaging", "untrusted",
+    "two-drivers",
+)
+
 BLOCKS: dict[str, Callable[[Results], str]] = {
     "benchmarks": benchmarks, "drift": drift, "time-split": time_split, "trial-total": trial_total,
+    "refine-table": refine_table, "refine-target": refine_target,
+    "scrub-at-scale": scrub_at_scale, "reliability-date": reliability_date,
+    "refine-quick-s": lambda r: f"{r['refine']['wall_s']:.0f} s",
+    **{f"reliability-{row}": reliability_row(row) for row in RELIABILITY_ROWS},
 }
 
 

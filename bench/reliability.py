@@ -27,7 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ("test_reliability.py", "test_packing_job.py", "test_damage.py", "test_lens.py", "test_lineage.py",
          "test_lineage_readers.py", "test_checkpoint_damage.py", "test_divergence.py", "test_bitrot.py",
-         "test_tables.py", "test_spec.py", "test_bad_input.py", "test_packaging.py", "test_simulation.py")
+         "test_tables.py", "test_spec.py", "test_bad_input.py", "test_packaging.py", "test_data.py",
+         "test_yang2021.py", "test_simulation.py")
 SOAK_SECONDS = 720
 SOAK_EXAMPLES = 10_000  # more than a soak of SOAK_SECONDS reaches: time ends it
 

@@ -44,3 +44,32 @@ def test_a_changed_figure_changes_the_readme():
 def test_an_unknown_part_is_named():
     with pytest.raises(KeyError, match="no renderer for <!-- results: nope -->"):
         render("<!-- results: nope -->x<!-- /results -->", load_results())
+
+
+def test_a_reliability_cell_is_what_its_tests_said_in_the_newest_run_that_has_its_row():
+    def said(text: str) -> list[dict]:
+        return [{"text": text, "tests": ["t"], "values": {}}]
+
+    results = {"full": {"reliability": {"date": "2026-01-02 00:00", "pytest": "3 passed",
+                                        "rows": {"soak": said("soak"), "two-drivers": said("refused")}}},
+               "reliability": {"date": "2026-01-03 00:00", "pytest": "2 passed",
+                               "rows": {"two-drivers": said("refused again")}}}
+    assert readme.BLOCKS["reliability-two-drivers"](results) == "refused again"
+    assert readme.BLOCKS["reliability-soak"](results) == "soak"  # only the full run has it
+    with pytest.raises(KeyError, match="no test said the Reliability row 'bad-input'"):
+        readme.BLOCKS["reliability-bad-input"](results)
+
+
+def test_the_cases_of_a_parametrized_test_are_one_part_with_their_counts_summed():
+    from bench.reliability import collect
+
+    def line(test: str, template: str, **values) -> str:
+        return json.dumps({"row": "r", "test": test, "template": template, "text": "", "values": values})
+
+    rows = collect([line("a[1]", "{cases} refused", cases=1), line("b", "in {s} s", s=0.5),
+                    line("a[2]", "{cases} refused", cases=1)])
+    assert [part["text"] for part in rows["r"]] == ["2 refused", "in 0.5 s"]
+    assert rows["r"][0]["tests"] == ["a[1]", "a[2]"]
+    with pytest.raises(ValueError, match="not the same counts"):
+        collect([line("a", "exit {code} by {signal}", code=130, signal="SIGINT"),
+                 line("b", "exit {code} by {signal}", code=143, signal="SIGTERM")])
