@@ -3,8 +3,9 @@ and damaged between runs, rerun until done; the invariants of `tests/simulation.
 hold after every run and at the end.
 
 The default run explores a few cases (about a minute on 2 busy CPUs: every case trains
-real models, in process). A soak explores many more and prints one line of figures for
-the README's Reliability table:
+real models, in process). A soak explores many more and prints one line of figures
+(`python bench/reliability.py` runs a 12-minute soak and records them for the README's
+Reliability table):
 
     LANDSCAPE_SOAK_EXAMPLES=200 .venv/bin/python -m pytest -q tests/test_simulation.py -k drawn
 
