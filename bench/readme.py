@@ -1,6 +1,6 @@
 """Render the README's figures from bench/results.json, so that no figure is typed by hand.
 
-    python bench/readme.py           # rewrite the rendered parts of README.md in place
+    python bench/readme.py           # rewrite the rendered parts of README.md (and docs/cluster.md) in place
     python bench/readme.py --check   # only compare: exit 1 and show the difference
 
 Rendered: the Benchmarks table, the float32 drift, the profile, the refinement's table and
@@ -29,6 +29,7 @@ from typing import Any
 from bench import RESULTS, load_results
 
 README = RESULTS.parent.parent / "README.md"
+RENDERED = (README, README.parent / "docs" / "cluster.md")  # the files with rendered parts
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w-]+) -->)(?P<body>.*?)(<!-- /results -->)", re.S)
 Results = dict[str, Any]
 
@@ -251,15 +252,15 @@ def scale_rows(r: Results) -> tuple[list[str], list[str], list[str], list[str]]:
          f"{d['driver_peak_rss_mb']:,} MB", f"<= {OVERHEAD_LIMIT_S:g} s, < {RSS_LIMIT_MB / 1024:g} GB",
          yes(s["targets_met"]["per_trial_overhead"] and s["targets_met"]["driver_rss"])],
         [f"{local['models']:,}-model sweep ({local['record_files']:,} record files, `python -m bench.consolidated`): "
-         "open + summary", f"record files only: {num(local['open_and_summary_records_only_s'])} s",
+         "open + summary", f"record files only: {local['open_and_summary_records_only_s']:.0f} s",
          f"{local['open_and_summary_consolidated_s']:.2f} s after compaction (history + curves on first use: "
-         f"{num(local['history_and_curves_consolidated_s'])} s vs {num(local['history_and_curves_records_only_s'])} "
-         f"s); {num(local['consolidated_mb'])} MB consolidated vs {num(local['record_files_mb'])} MB of records",
+         f"{local['history_and_curves_consolidated_s']:.1f} s vs {local['history_and_curves_records_only_s']:.0f} "
+         f"s); {local['consolidated_mb']:.0f} MB consolidated vs {local['record_files_mb']:,.0f} MB of records",
          f"< {OPEN_LIMIT_S:g} s", yes(local["open_and_summary_consolidated_s"] < OPEN_LIMIT_S)],
         [f"moto S3, {s3['models']:,} models ({s3['record_files']:,} record files)",
-         f"record files only: {num(s3['open_and_summary_records_only_s'])} s",
-         f"{s3['open_and_summary_consolidated_s']:.2f} s (moto lists ~{s3['moto_listing_names_per_s']:,} names/s, "
-         f"so {local['record_files']:,} records cost ~{num(s3['listing_55000_records_at_moto_rate_s'])} s just to "
+         f"record files only: {s3['open_and_summary_records_only_s']:.0f} s",
+         f"{s3['open_and_summary_consolidated_s']:.2f} s (moto lists ~{round(s3['moto_listing_names_per_s'], -2):,} "
+         f"names/s, so {local['record_files']:,} records cost ~{s3['listing_55000_records_at_moto_rate_s']:.0f} s to "
          f"list: {local['models']:,} models not measured there)", f"< {OPEN_S3_LIMIT_S:g} s",
          f"yes at {s3['models']:,}" if s3["open_and_summary_consolidated_s"] < OPEN_S3_LIMIT_S else "no"],
         [f"analysis, {a['rows']:,}-row trials table + {2 * a['rows']:,} pairs", "-",
@@ -402,10 +403,53 @@ def refine_target(r: Results) -> str:
             f"{'met' if f['target_met'] else 'not met'}, {d['agree_pct']:g}% at {d['models_used_pct']:.1f}%.")
 
 
+def driver_full(r: Results) -> str:
+    d = r["full"]["scale"]["driver"]
+    return (f"{d['per_trial_s']:.3f} s per trial including start-up and a peak RSS of {d['driver_peak_rss_mb']:,} MB "
+            f"({d['shards']} Tune experiments of ~{d['trials'] // d['shards']:,} jobs)")
+
+
+def driver_table(r: Results) -> str:
+    """docs/cluster.md: the driver at scale, full and `--quick` runs side by side."""
+    from bench.scale import OVERHEAD_LIMIT_S, RSS_LIMIT_MB
+
+    full, quick = r["full"]["scale"]["driver"], r["scale"]["driver"]
+    rows = [["Tune experiments (shards)", *(f"{d['shards']}" for d in (full, quick)), ""],
+            ["wall time, incl. Ray and Tune start-up", *(f"{d['wall_s']:g} s" for d in (full, quick)), ""],
+            ["per trial, incl. start-up", *(f"{d['per_trial_s']:.3f} s" for d in (full, quick)),
+             f"<= {OVERHEAD_LIMIT_S:g} s"],
+            ["per trial, first to last completion", *(f"{d['per_trial_steady_s']:.3f} s" for d in (full, quick)), ""],
+            ["driver peak RSS (incl. torch and Ray client)", *(f"{d['driver_peak_rss_mb']:,} MB" for d in (full, quick)),
+             f"< {RSS_LIMIT_MB / 1024:g} GB"]]
+    return table(["figure", f"{full['trials']:,}-trial grid ({r['full']['scale']['date'][:10]})",
+                  f"{quick['trials']:,}-trial grid (`--quick`, {r['scale']['date'][:10]})", "target"], rows)
+
+
+def analysis_table(r: Results) -> str:
+    """docs/cluster.md: the analysis of a 100,000-row sweep (`bench/scale.py`'s full run)."""
+    from bench.scale import LOAD_LIMIT_S
+
+    a = r["full"]["scale"]["analysis"]
+    rows = [["`analysis.load_sweep`", f"{a['load_s']:.2f} s"],
+            ["load + `phases.cell_metrics` + `phases.classify`, width x batch diagram",
+             f"{a['load_and_classify_diagram_s']:.2f} s (target < {LOAD_LIMIT_S:g} s)"],
+            [f"`cell_metrics` + `classify` of every cell ({a['cells']:,} cells)", f"{a['classify_all_cells_s']:.2f} s"],
+            ["reading one one-row record file (4 at a time)", f"{a['one_row_file_read_ms']:.2f} ms"]]
+    return table([f"analysis figure ({a['rows']:,} trials, {2 * a['rows']:,} seed pairs, 100 files per table, "
+                  f"{r['full']['scale']['date'][:10]})", "time"], rows)
+
+
+def tables_size(r: Results) -> str:
+    local = r["full"]["scale"]["tables_local"]
+    return (f"{local['consolidated_mb']:.0f} MB against {local['record_files_mb'] / 1000:.2f} GB of record files at "
+            f"{local['models']:,} models")
+
+
 def scrub_at_scale(r: Results) -> str:
-    c = r["earlier"]["consolidated"]
-    return (f"{c['models']:,} models ({c['record_files']:,} records) verified in "
-            f"{span(c['verify_records_s'], num)} s (`bench/consolidated.py`)")
+    """The scrub's time at scale (`bench/consolidated.py` in `bench/scale.py`'s full run)."""
+    local = r["full"]["scale"]["tables_local"]
+    return (f"{local['models']:,} models ({local['record_files']:,} records) verified in "
+            f"{local['verify_records_s']:.1f} s (`bench/consolidated.py`)")
 
 
 def reliability_row(row: str) -> Callable[[Results], str]:
@@ -441,7 +485,8 @@ RELIABILITY_ROWS = (
 BLOCKS: dict[str, Callable[[Results], str]] = {
     "benchmarks": benchmarks, "drift": drift, "time-split": time_split, "trial-total": trial_total,
     "refine-table": refine_table, "refine-target": refine_target,
-    "scrub-at-scale": scrub_at_scale, "reliability-date": reliability_date,
+    "scrub-at-scale": scrub_at_scale, "driver-full": driver_full, "driver-table": driver_table,
+    "analysis-table": analysis_table, "tables-size": tables_size, "reliability-date": reliability_date,
     "refine-quick-s": lambda r: f"{r['refine']['wall_s']:.0f} s",
     **{f"reliability-{row}": reliability_row(row) for row in RELIABILITY_ROWS},
 }
@@ -460,20 +505,22 @@ def render(readme: str, results: Results) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if README.md differs")
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if a file differs")
     args = parser.parse_args(argv)
-    current = README.read_text()
-    rendered = render(current, load_results())
-    if rendered == current:
-        print("README.md: every rendered figure is as in bench/results.json")
-        return 0
-    if args.check:
-        sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), rendered.splitlines(True),
-                                                   "README.md", "rendered from bench/results.json"))
-        return 1
-    README.write_text(rendered)
-    print("README.md: figures rendered from bench/results.json")
-    return 0
+    results, differ = load_results(), 0
+    for path in RENDERED:
+        name, current = path.relative_to(README.parent), path.read_text()
+        rendered = render(current, results)
+        if rendered == current:
+            print(f"{name}: every rendered figure is as in bench/results.json")
+        elif args.check:
+            differ = 1
+            sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), rendered.splitlines(True),
+                                                       str(name), "rendered from bench/results.json"))
+        else:
+            path.write_text(rendered)
+            print(f"{name}: figures rendered from bench/results.json")
+    return differ
 
 
 if __name__ == "__main__":

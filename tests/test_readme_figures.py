@@ -1,6 +1,7 @@
-"""The README's figures are rendered from bench/results.json (bench/readme.py), so a figure
-typed by hand, or a bench rerun without `python bench/readme.py`, fails here. No bench
-runs: this renders the README from the recorded results and compares."""
+"""The figures of the README and docs/cluster.md are rendered from bench/results.json
+(bench/readme.py), so a figure typed by hand, or a bench rerun without
+`python bench/readme.py`, fails here. No bench runs: this renders the files from the
+recorded results and compares."""
 
 from __future__ import annotations
 
@@ -9,16 +10,17 @@ import json
 import pytest
 
 from bench import load_results, readme
-from bench.readme import README, render
+from bench.readme import README, RENDERED, render
 
 
-def test_readme_figures_are_those_in_results_json():
-    current = README.read_text()
-    assert render(current, load_results()) == current, "README.md differs from bench/results.json: run python bench/readme.py"
+@pytest.mark.parametrize("path", RENDERED, ids=lambda path: path.name)
+def test_readme_figures_are_those_in_results_json(path):
+    current = path.read_text()
+    assert render(current, load_results()) == current, f"{path.name} differs from bench/results.json: run python bench/readme.py"
 
 
-def test_every_rendered_part_of_the_readme_has_a_renderer_and_is_there():
-    names = [m["name"] for m in readme.BLOCK.finditer(README.read_text())]
+def test_every_rendered_part_of_the_docs_has_a_renderer_and_is_there():
+    names = [m["name"] for path in RENDERED for m in readme.BLOCK.finditer(path.read_text())]
     assert sorted(names) == sorted(readme.BLOCKS), names
 
 
