@@ -39,6 +39,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     fraction = metric_s / trials["time_train_s"]
     train_per_cell = trials.groupby("cell_key")["time_train_s"].mean()
     pair_ratio = pairs["time_total_s"].to_numpy() / train_per_cell.loc[pairs["cell_key"]].to_numpy()
+    by_batch = fraction.groupby(trials["batch_size"]).agg(["min", "max"]).round(2)
+    most = trials.loc[fraction.idxmax()]
     figures = {
         "models": len(trials),
         "train_s_mean": round(float(trials["time_train_s"].mean()), 2),
@@ -46,6 +48,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "interpolation_s_mean": round(float(trials["interpolation_time_s"].mean()), 2),
         "metric_fraction_mean": round(float(fraction.mean()), 3),
         "metric_fraction_max": round(float(fraction.max()), 3),
+        "metric_fraction_max_at": {"width": int(most["width"]), "batch_size": int(most["batch_size"])},
+        "metric_fraction_by_batch": {str(b): [float(lo), float(hi)] for b, (lo, hi) in by_batch.iterrows()},
         "pair_vs_training_mean": round(float(pair_ratio.mean()), 3),
         "pair_vs_training_max": round(float(pair_ratio.max()), 3),
     }
