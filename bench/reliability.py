@@ -5,9 +5,8 @@
 Runs the fault tests (`TESTS`: real processes, real Ray, real files) with
 `LANDSCAPE_FIGURES` naming a file, into which each test writes what it measured through
 the `figures` fixture (`tests/conftest.py`): its row of the table, the text of the
-figure and the values in it. Figures are
-recorded only from a run in which every test passed, so a figure in the README is one a
-passing test saw. The full run adds the simulation's soak (`SOAK_SECONDS` of fresh
+figure and the values in it. Figures are recorded only from a run in which every test
+passed, so a figure in the README is one a passing test saw. The full run adds the simulation's soak (`SOAK_SECONDS` of fresh
 random cases, `tests/test_simulation.py`), whose figures land under the row `soak`;
 `--quick` runs the simulation's default cases only. The tests need the checkout (this
 bench is not for an installed wheel).
@@ -26,9 +25,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ("test_reliability.py", "test_packing_job.py", "test_damage.py", "test_lens.py", "test_lineage.py",
-         "test_lineage_readers.py", "test_checkpoint_damage.py", "test_divergence.py", "test_bitrot.py",
-         "test_tables.py", "test_spec.py", "test_bad_input.py", "test_packaging.py", "test_data.py",
-         "test_yang2021.py", "test_simulation.py")
+         "test_checkpoint_damage.py", "test_divergence.py", "test_bitrot.py", "test_tables.py", "test_spec.py",
+         "test_bad_input.py", "test_packaging.py", "test_data.py", "test_yang2021.py", "test_simulation.py")
 SOAK_SECONDS = 720
 SOAK_EXAMPLES = 10_000  # more than a soak of SOAK_SECONDS reaches: time ends it
 
