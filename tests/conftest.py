@@ -74,7 +74,7 @@ def kill_trial_at():
 def figures(request):
     """Say what a test measured, for the README's Reliability table:
     `figures(row, "{kills} kill at epoch {epoch} of 4", kills=1, epoch=2)`. The wording
-    sits here, beside the assertions that prove it; `bench/reliability.py` (which names a
+    sits in the test, beside the assertions that prove it; `bench/reliability.py` (which names a
     file in `LANDSCAPE_FIGURES`) collects one JSON line per call, from a run in which
     every test passed, and `bench/readme.py` puts the text in the row's cell. In an
     ordinary test run nothing is written. Values are what the test observed (a count, a
