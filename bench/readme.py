@@ -81,10 +81,11 @@ def yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def latest(results: Results, name: str) -> dict[str, Any]:
-    """The newer of a benchmark's quick and full entries, for one whose `quick` changes
-    nothing (the metric cost, the drift, the profile, the start-up)."""
-    entries = [e for e in (results.get(name), results.get("full", {}).get(name)) if e]
+def latest(results: Results, name: str, having: Callable[[dict[str, Any]], bool] = bool) -> dict[str, Any]:
+    """The newer of a benchmark's quick and full entries (of those `having` accepts), for
+    one whose `quick` changes nothing (the metric cost, the drift, the profile, the
+    start-up). ValueError if there is none."""
+    entries = [e for e in (results.get(name), results.get("full", {}).get(name)) if e and having(e)]
     return max(entries, key=lambda e: e["date"])
 
 
@@ -473,6 +474,12 @@ def hessian_gap(r: Results) -> str:
             f"{x(h['b.eig.hvps_pyhessian'] / h['b.eig.hvps_ours_at_matched'], 1)}")
 
 
+def metric_fraction(r: Results) -> str:
+    """"What is not met": the metrics' share of training time, by batch size."""
+    by_batch = latest(r, "metric_cost")["metric_fraction_by_batch"]
+    return " and ".join(f"{span(bounds, fixed(2))} at batch {batch}" for batch, bounds in by_batch.items())
+
+
 def tables_size(r: Results) -> str:
     local = r["full"]["scale"]["tables_local"]
     return (f"{local['consolidated_mb']:.0f} MB against {local['record_files_mb'] / 1000:.2f} GB of record files at "
@@ -491,10 +498,12 @@ def reliability_row(row: str) -> Callable[[Results], str]:
     (`bench/reliability.py`), from the newest run that has the row (the soak's only a full
     run has)."""
     def cell(r: Results) -> str:
-        entries = [e for e in (r.get("reliability"), r.get("full", {}).get("reliability")) if e and row in e["rows"]]
-        if not entries:
-            raise KeyError(f"bench/results.json: no test said the Reliability row {row!r}: run bench/reliability.py")
-        return "; ".join(part["text"] for part in max(entries, key=lambda e: e["date"])["rows"][row])
+        try:
+            said = latest(r, "reliability", having=lambda e: row in e["rows"])["rows"][row]
+        except ValueError:
+            raise KeyError(f"bench/results.json: no test said the Reliability row {row!r}: "
+                           "run bench/reliability.py") from None
+        return "; ".join(part["text"] for part in said)
 
     return cell
 
@@ -524,9 +533,7 @@ BLOCKS: dict[str, Callable[[Results], str]] = {
     "orchestration-speedup": lambda r: x(r["orchestration"]["speedup"]), "orchestration-gap": orchestration_gap,
     "packing-gain": packing_gain, "hessian-gap": hessian_gap,
     "hessian-wall-a": lambda r: x(r["full"]["hessian"]["a.eig.wall_ratio"], 1),
-    "metric-fraction": lambda r: " and ".join(
-        f"{span(bounds, fixed(2))} at batch {batch}"
-        for batch, bounds in latest(r, "metric_cost")["metric_fraction_by_batch"].items()), "reliability-date": reliability_date,
+    "metric-fraction": metric_fraction, "reliability-date": reliability_date,
     "refine-quick-s": lambda r: f"{r['refine']['wall_s']:.0f} s",
     **{f"reliability-{row}": reliability_row(row) for row in RELIABILITY_ROWS},
 }
