@@ -6,10 +6,11 @@ Runs the fault tests (`TESTS`: real processes, real Ray, real files) with
 `LANDSCAPE_FIGURES` naming a file, into which each test writes what it measured through
 the `figures` fixture (`tests/conftest.py`): its row of the table, the text of the
 figure and the values in it. Figures are recorded only from a run in which every test
-passed, so a figure in the README is one a passing test saw. The full run adds the simulation's soak (`SOAK_SECONDS` of fresh
-random cases, `tests/test_simulation.py`), whose figures land under the row `soak`;
-`--quick` runs the simulation's default cases only. The tests need the checkout (this
-bench is not for an installed wheel).
+passed, so a figure in the README is one a passing test saw (a row whose test was
+skipped is missing, and `bench/readme.py` names it). The full run adds the
+simulation's soak (`SOAK_SECONDS` of fresh random cases, `tests/test_simulation.py`),
+whose figures land under the row `soak`; `--quick` runs the simulation's default cases
+only. The tests need the checkout (this bench is not for an installed wheel).
 """
 
 from __future__ import annotations
